@@ -1,0 +1,85 @@
+"""Content-addressed store for model updates and global models (DESIGN §4.6).
+
+Each named set of tensors is stored under its :func:`~ledger.formats.update_digest`, so an
+auditor can fetch exactly the tensors a ledger record names and recompute the aggregate.
+Reads re-hash what they load: a file that no longer matches its name is reported, never
+returned.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ledger.formats import update_digest
+
+__all__ = ["ArtifactStore", "ArtifactError", "ArtifactMissing", "ArtifactCorrupted"]
+
+
+class ArtifactError(Exception):
+    """Base class of artifact-store failures."""
+
+
+class ArtifactMissing(ArtifactError):
+    """No artifact is stored under the digest asked for."""
+
+
+class ArtifactCorrupted(ArtifactError):
+    """A stored artifact does not hash to its name (edited or damaged)."""
+
+
+class ArtifactStore:
+    """Tensors stored as ``<root>/<d[:2]>/<digest>.npz`` (uncompressed, no pickles)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, digest: str) -> Path:
+        """Where the artifact named ``digest`` lives."""
+        return self.root / digest[:2] / f"{digest}.npz"
+
+    def put(self, arrays: Mapping[str, np.ndarray]) -> str:
+        """Store ``arrays`` (idempotent) and return their digest."""
+        digest = update_digest(arrays)
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                # Names go into a sidecar order list: npz member names cannot hold every
+                # UTF-8 tensor name, so members are numbered and the names stored beside.
+                names = sorted(arrays)
+                payload = {f"t{i}": np.asarray(arrays[n]) for i, n in enumerate(names)}
+                payload["__names__"] = np.array(names, dtype=np.str_)
+                np.savez(fh, allow_pickle=False, **payload)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def get(self, digest: str) -> dict[str, np.ndarray]:
+        """Load the artifact named ``digest`` and check that it still hashes to it."""
+        path = self.path(digest)
+        if not path.exists():
+            raise ArtifactMissing(f"artifact {digest} is not in {self.root}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names = [str(n) for n in data["__names__"]]
+                arrays = {name: data[f"t{i}"] for i, name in enumerate(names)}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise ArtifactCorrupted(f"artifact {path} cannot be read: {exc}") from exc
+        actual = update_digest(arrays)
+        if actual != digest:
+            raise ArtifactCorrupted(f"artifact {path} hashes to {actual}, not to its name")
+        return arrays
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, str) and self.path(digest).exists()

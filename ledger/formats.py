@@ -1,0 +1,280 @@
+"""Canonical formats shared by participants, the coordinator and auditors (DESIGN §3).
+
+Everything that is hashed or signed goes through this module, so that an auditor
+re-implementing the formats in another language only has to match these functions:
+
+* :func:`canonical_json` — keys sorted, ``,``/``:`` separators, UTF-8 as-is, no NaN.
+* :func:`update_digest` — the ``FLU1`` digest of a named set of tensors.
+* :class:`Manifest` — what a participant signs; :meth:`Manifest.to_bytes` is the signed text.
+* :func:`sign` / :func:`verify` — ECDSA P-256 SHA-256, DER, low-S, base64.
+
+This module depends on numpy and cryptography only (no Flower, no torch).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+__all__ = [
+    "ID_PATTERN",
+    "MANIFEST_VERSION",
+    "P256_ORDER",
+    "FormatError",
+    "SignatureError",
+    "Manifest",
+    "canonical_json",
+    "sha256_hex",
+    "update_digest",
+    "validate_id",
+    "sign",
+    "verify",
+    "normalize_low_s",
+    "public_key_of",
+]
+
+ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+MANIFEST_VERSION = 1
+DIGEST_MAGIC = b"FLU1"
+# Order of the P-256 group; signatures with s > n/2 are malleable twins and are refused.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_HALF_ORDER = P256_ORDER // 2
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class FormatError(ValueError):
+    """A value does not follow the canonical format (the message says which rule)."""
+
+
+class SignatureError(ValueError):
+    """A signature does not verify.
+
+    ``reason`` is the stable reason code recorded on the ledger: ``bad_signature`` or
+    ``high_s``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise ``obj`` to canonical JSON bytes (DESIGN §3).
+
+    Floats must be finite; ``bool`` stays a JSON boolean; keys must be strings.
+    """
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError as exc:
+        raise FormatError(f"not canonical JSON: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is a valid federation/participant id, else raise FormatError."""
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise FormatError(f"{what} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
+    return value
+
+
+def _le_bytes(array: np.ndarray) -> memoryview:
+    """A C-order little-endian view of ``array``'s buffer, copying only when needed."""
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not _LITTLE):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return memoryview(array).cast("B") if array.size else memoryview(b"")
+
+
+_LITTLE = np.little_endian
+
+
+def _dtype_str(dtype: np.dtype) -> str:
+    # dtype.str of a single-byte or native type, written little-endian ("<f4", "|u1").
+    text = dtype.str
+    if text[0] == ">":
+        text = "<" + text[1:]
+    return text
+
+
+def update_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """The ``FLU1`` digest of a named set of tensors, sorted by UTF-8 name (DESIGN §3).
+
+    Buffers are hashed in place: no concatenated copy of the model is made.
+    """
+    h = hashlib.sha256()
+    h.update(DIGEST_MAGIC)
+    names = sorted(arrays, key=lambda n: n.encode("utf-8"))
+    h.update(struct.pack("<I", len(names)))
+    for name in names:
+        array = np.asarray(arrays[name])
+        if array.dtype.hasobject:
+            raise FormatError(f"tensor {name!r} has object dtype")
+        name_b = name.encode("utf-8")
+        dtype_b = _dtype_str(array.dtype).encode("ascii")
+        h.update(struct.pack("<I", len(name_b)))
+        h.update(name_b)
+        h.update(struct.pack("<I", len(dtype_b)))
+        h.update(dtype_b)
+        h.update(struct.pack("<I", array.ndim))
+        for dim in array.shape:
+            h.update(struct.pack("<Q", dim))
+        h.update(struct.pack("<Q", array.nbytes))
+        h.update(_le_bytes(array))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a participant signs: its update bound to a federation, round and base model."""
+
+    federation: str
+    participant: str
+    round: int
+    base_model: str
+    update: str
+    num_examples: int
+    v: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        validate_id(self.federation, "federation")
+        validate_id(self.participant, "participant")
+        for field, value in (("round", self.round), ("num_examples", self.num_examples)):
+            if type(value) is not int or value < 0:
+                raise FormatError(f"manifest {field} must be a non-negative integer")
+        for field, value in (("base_model", self.base_model), ("update", self.update)):
+            if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
+                raise FormatError(f"manifest {field} must be 64 lowercase hex characters")
+        if self.v != MANIFEST_VERSION:
+            raise FormatError(f"manifest version {self.v!r} is not supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as a plain dict (the signed fields, nothing else)."""
+        return {
+            "base_model": self.base_model,
+            "federation": self.federation,
+            "num_examples": self.num_examples,
+            "participant": self.participant,
+            "round": self.round,
+            "update": self.update,
+            "v": self.v,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical JSON bytes that are signed and hashed."""
+        return canonical_json(self.to_dict())
+
+    def hash(self) -> str:
+        """``manifest_hash``: SHA-256 hex of the canonical bytes."""
+        return sha256_hex(self.to_bytes())
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> Manifest:
+        """Parse and validate a manifest; it must already be in canonical form.
+
+        A manifest whose bytes differ from their canonical re-serialisation is refused,
+        so that the signed bytes and the recorded fields can never disagree.
+        """
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        try:
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"manifest is not JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise FormatError("manifest must be a JSON object")
+        expected = {"base_model", "federation", "num_examples", "participant", "round", "update", "v"}
+        if set(obj) != expected:
+            missing = sorted(expected - set(obj))
+            extra = sorted(set(obj) - expected)
+            raise FormatError(f"manifest fields differ (missing {missing}, unexpected {extra})")
+        manifest = cls(**obj)
+        if manifest.to_bytes() != raw:
+            raise FormatError("manifest is not in canonical form")
+        return manifest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise FormatError(f"manifest contains {name}")
+
+
+def normalize_low_s(der: bytes) -> bytes:
+    """Return the low-S form of a DER ECDSA P-256 signature."""
+    r, s = decode_dss_signature(der)
+    if s > _HALF_ORDER:
+        s = P256_ORDER - s
+    return encode_dss_signature(r, s)
+
+
+def sign(data: bytes, private_key: ec.EllipticCurvePrivateKey) -> str:
+    """ECDSA-P256-SHA256 over ``data``: DER, low-S, base64 (DESIGN §3)."""
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
+        private_key.curve, ec.SECP256R1
+    ):
+        raise FormatError("signing key must be an ECDSA P-256 private key")
+    der = private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return base64.b64encode(normalize_low_s(der)).decode("ascii")
+
+
+def public_key_of(
+    key_or_cert: ec.EllipticCurvePublicKey | x509.Certificate | str | bytes,
+) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key of a key, a certificate, or a PEM certificate."""
+    if isinstance(key_or_cert, (str, bytes)):
+        pem = key_or_cert.encode("ascii") if isinstance(key_or_cert, str) else key_or_cert
+        try:
+            key_or_cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise FormatError(f"not a PEM certificate: {exc}") from exc
+    key = key_or_cert.public_key() if isinstance(key_or_cert, x509.Certificate) else key_or_cert
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise FormatError("key is not an ECDSA P-256 public key")
+    return key
+
+
+def verify(
+    data: bytes,
+    signature_b64: str,
+    key_or_cert: ec.EllipticCurvePublicKey | x509.Certificate | str | bytes,
+) -> None:
+    """Verify a DESIGN §3 signature; raise :class:`SignatureError` with a reason code.
+
+    High-S signatures are refused (``high_s``) even though ECDSA would accept them.
+    """
+    key = public_key_of(key_or_cert)
+    try:
+        der = base64.b64decode(signature_b64.encode("ascii"), validate=True)
+        r, s = decode_dss_signature(der)
+    except (binascii.Error, ValueError, UnicodeEncodeError, AttributeError) as exc:
+        raise SignatureError("bad_signature", f"signature is not base64 DER: {exc}") from exc
+    if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
+        raise SignatureError("bad_signature", "signature values out of range")
+    if s > _HALF_ORDER:
+        raise SignatureError("high_s", "signature is not in low-S form")
+    try:
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise SignatureError("bad_signature", "signature does not verify") from exc

@@ -1,0 +1,214 @@
+"""Typed, frozen records exchanged with the ledger (the values of the ``fedaudit`` state).
+
+Each record serialises through :func:`ledger.formats.canonical_json` via
+:meth:`Record.canonical`, and parses strictly (unknown fields are refused), so the bytes a
+backend writes are the bytes an auditor reads back and hashes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ledger.formats import ID_PATTERN, canonical_json
+
+__all__ = [
+    "REASONS",
+    "Record",
+    "Identity",
+    "TxReceipt",
+    "ScorerSpec",
+    "FederationPolicy",
+    "Federation",
+    "Participant",
+    "ParticipantStatus",
+    "RoundEntry",
+    "RoundRecord",
+    "ModelCommit",
+    "RoundView",
+    "HistoryEntry",
+]
+
+# Rejection reasons, in the order the coordinator checks them (DESIGN §4). Stable strings.
+REASONS: tuple[str, ...] = (
+    "reply_error",
+    "malformed",
+    "wrong_federation",
+    "wrong_round",
+    "wrong_base_model",
+    "unknown_participant",
+    "not_admitted",
+    "revoked",
+    "node_mismatch",
+    "duplicate",
+    "digest_mismatch",
+    "bad_signature",
+    "high_s",
+    "non_finite",
+    "wrong_shape",
+    "outlier",
+)
+
+ParticipantStatus = Literal["pending", "active", "revoked"]
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+class Record(BaseModel):
+    """Base of every ledger record: frozen, strict about fields, canonical on the wire."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def canonical(self) -> bytes:
+        """Canonical JSON bytes of this record (what is stored and hashed)."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    @classmethod
+    def parse(cls, data: str | bytes | dict[str, Any]):  # type: ignore[no-untyped-def]
+        """Parse a record from canonical JSON (or an already decoded dict)."""
+        if isinstance(data, dict):
+            return cls.model_validate(data)
+        return cls.model_validate_json(data)
+
+
+def _check_id(value: str) -> str:
+    if ID_PATTERN.fullmatch(value) is None:
+        raise ValueError(f"{value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
+    return value
+
+
+class Identity(Record):
+    """Who calls the ledger: an MSP id and the caller's X.509 certificate (PEM)."""
+
+    msp_id: str = Field(min_length=1)
+    cert_pem: str = Field(min_length=1)
+
+
+class TxReceipt(Record):
+    """Proof of a committed write: transaction id and the block that holds it."""
+
+    tx_id: str
+    block_number: int = Field(ge=0)
+    timestamp_ms: int = Field(ge=0)
+
+
+class ScorerSpec(Record):
+    """How contribution scores were computed, so an auditor can recompute them."""
+
+    name: str = "cosine"
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    validation_digest: str | None = None
+
+
+class FederationPolicy(Record):
+    """The rules a federation is created with (``InitFederation``'s ``policy``)."""
+
+    auditor_msps: list[str] = Field(default_factory=list)
+    reward_budget: int = Field(default=1000, ge=0)
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    aggregation: str = "fedavg"
+    data_schema_digest: str | None = None
+    model: str = ""
+
+
+class Federation(Record):
+    """A federation as stored by ``InitFederation``."""
+
+    id: str
+    coordinator_msp: str
+    policy: FederationPolicy
+    created_ms: int
+    created_tx: str
+
+    _id = field_validator("id")(_check_id)
+
+
+class Participant(Record):
+    """An institution's registration: its signing certificate and admission status."""
+
+    federation: str
+    id: str
+    msp_id: str
+    cert_pem: str
+    status: ParticipantStatus
+    meta: dict[str, Any] = Field(default_factory=dict)
+    registered_ms: int
+    updated_ms: int
+    updated_tx: str
+
+    _id = field_validator("id")(_check_id)
+
+
+class RoundEntry(Record):
+    """One reply in a round: accepted with its score, or rejected with its reason.
+
+    ``participant`` is the id the reply claimed (evidence, even when it is unknown);
+    ``node`` names the transport-level sender (Flower node id or name) when known.
+    """
+
+    participant: str = Field(max_length=128)
+    status: Literal["accepted", "rejected"]
+    reason: str | None = None
+    detail: str | None = Field(default=None, max_length=512)
+    node: str | None = None
+    manifest: str | None = None
+    manifest_hash: str | None = Field(default=None, pattern=_HEX64)
+    signature: str | None = None
+    update: str | None = Field(default=None, pattern=_HEX64)
+    num_examples: int | None = Field(default=None, ge=0)
+    score_ppm: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str | None) -> str | None:
+        if value is not None and value not in REASONS:
+            raise ValueError(f"unknown rejection reason {value!r}")
+        return value
+
+
+class RoundRecord(Record):
+    """``RecordRound``'s record: every reply of the round, before aggregation."""
+
+    round: int = Field(ge=1)
+    base_model: str = Field(pattern=_HEX64)
+    scorer: ScorerSpec
+    entries: list[RoundEntry]
+
+    def accepted(self) -> list[RoundEntry]:
+        """Accepted entries, sorted by participant id (the aggregation order)."""
+        return sorted(
+            (e for e in self.entries if e.status == "accepted"), key=lambda e: e.participant
+        )
+
+
+class ModelCommit(Record):
+    """``CommitModel``'s record: the new global model and how it was made."""
+
+    round: int = Field(ge=1)
+    base_model: str = Field(pattern=_HEX64)
+    model: str = Field(pattern=_HEX64)
+    accepted: list[str]
+    weights: dict[str, int]
+    aggregation: str = "fedavg"
+
+
+class RoundView(Record):
+    """A round as an auditor sees it: record, commit and rewards with their receipts."""
+
+    federation: str
+    round: int
+    record: RoundRecord
+    record_tx: TxReceipt
+    commit: ModelCommit | None = None
+    commit_tx: TxReceipt | None = None
+    rewards: dict[str, int] | None = None
+    rewards_tx: TxReceipt | None = None
+
+
+class HistoryEntry(Record):
+    """One change of a participant's state (``ParticipantHistory``)."""
+
+    tx_id: str
+    timestamp_ms: int
+    value: Participant | None

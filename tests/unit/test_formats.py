@@ -1,0 +1,154 @@
+"""Canonical formats (DESIGN §3): test vectors another language can re-implement."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from ledger.formats import (
+    P256_ORDER,
+    FormatError,
+    Manifest,
+    SignatureError,
+    canonical_json,
+    sign,
+    update_digest,
+    verify,
+)
+
+# Frozen test vectors: if one of these changes, every auditor's re-implementation breaks.
+VECTOR_1 = {"w": np.arange(6, dtype="<f4").reshape(2, 3), "b": np.array([1.5, -2.0], dtype="<f4")}
+VECTOR_1_DIGEST = "a6b01506b5447f73e6746b6b4976f90e4c3cc3837b75968d03c18d1ba9d5fbb7"
+EMPTY_DIGEST = "f4202cee66c2482edde3c194ee77ab07529a364db70e3a0adfcac1aed2038705"
+MANIFEST_TEXT = (
+    '{"base_model":"' + "0" * 64 + '","federation":"demo-fed","num_examples":1234,'
+    '"participant":"bank-a","round":7,"update":"' + "f" * 64 + '","v":1}'
+)
+MANIFEST_HASH = "c5ea0d6e9604ade4c24647bc02f2f8836a9ad5549861550e158fa4d0d4bcf083"
+
+
+def reference_digest(arrays: dict[str, np.ndarray]) -> str:
+    """An independent, deliberately naive implementation: one concatenated buffer."""
+    out = b"FLU1" + struct.pack("<I", len(arrays))
+    for name in sorted(arrays, key=lambda n: n.encode("utf-8")):
+        a = np.asarray(arrays[name])
+        a = np.array(a, dtype=a.dtype.newbyteorder("<"), order="C")
+        nb, dt = name.encode("utf-8"), a.dtype.str.encode()
+        out += struct.pack("<I", len(nb)) + nb + struct.pack("<I", len(dt)) + dt
+        out += struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape)
+        out += struct.pack("<Q", a.nbytes) + a.tobytes()
+    return hashlib.sha256(out).hexdigest()
+
+
+def test_digest_matches_the_frozen_test_vectors():
+    assert update_digest(VECTOR_1) == VECTOR_1_DIGEST
+    assert update_digest({}) == EMPTY_DIGEST
+
+
+def test_digest_matches_a_naive_reimplementation_on_awkward_tensors():
+    arrays = {
+        "é-utf8": np.array([1, 2, 3], dtype="<i8"),
+        "a": np.zeros((0, 2), dtype="<f8"),
+        "scalar": np.array(3.25, dtype="<f4"),
+        "big-endian": np.arange(4, dtype=">f4"),
+        "strided": np.arange(12, dtype="<f4").reshape(3, 4)[:, ::2],
+    }
+    assert update_digest(arrays) == reference_digest(arrays)
+
+
+def test_digest_ignores_insertion_order_but_not_names_values_dtypes_or_shapes():
+    base = update_digest(VECTOR_1)
+    assert update_digest(dict(reversed(list(VECTOR_1.items())))) == base
+    assert update_digest({"w2": VECTOR_1["w"], "b": VECTOR_1["b"]}) != base
+    changed = {k: v.copy() for k, v in VECTOR_1.items()}
+    changed["b"][0] += 1e-6
+    assert update_digest(changed) != base
+    assert update_digest({"w": VECTOR_1["w"].astype("<f8"), "b": VECTOR_1["b"]}) != base
+    assert update_digest({"w": VECTOR_1["w"].reshape(3, 2), "b": VECTOR_1["b"]}) != base
+
+
+def test_big_endian_tensors_hash_like_their_little_endian_twins():
+    assert update_digest({"x": np.arange(4, dtype=">f4")}) == update_digest({"x": np.arange(4, dtype="<f4")})
+
+
+def test_manifest_bytes_and_hash_match_the_frozen_vector():
+    m = Manifest(federation="demo-fed", participant="bank-a", round=7, base_model="0" * 64,
+                 update="f" * 64, num_examples=1234)
+    assert m.to_bytes().decode() == MANIFEST_TEXT
+    assert m.hash() == MANIFEST_HASH
+    assert Manifest.parse(MANIFEST_TEXT) == m
+
+
+def test_canonical_json_sorts_keys_keeps_utf8_and_refuses_nan():
+    assert canonical_json({"b": "é", "a": [1, 2.5, True, None]}) == '{"a":[1,2.5,true,null],"b":"é"}'.encode()
+    with pytest.raises(FormatError):
+        canonical_json({"x": float("nan")})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        MANIFEST_TEXT.replace(',"v":1', ""),  # field missing
+        MANIFEST_TEXT.replace('"v":1', '"v":1,"x":2'),  # extra field
+        MANIFEST_TEXT.replace('"round":7', '"round":7.0'),  # float round
+        MANIFEST_TEXT.replace('"round":7', '"round":-1'),
+        MANIFEST_TEXT.replace("bank-a", "Bank_A"),  # id pattern
+        MANIFEST_TEXT.replace('"v":1', '"v":2'),
+        MANIFEST_TEXT.replace(":", ": "),  # not canonical whitespace
+        "[1,2]",
+        "not json",
+    ],
+)
+def test_malformed_manifests_are_refused(text):
+    with pytest.raises(FormatError):
+        Manifest.parse(text)
+
+
+@pytest.fixture(scope="module")
+def key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def test_signatures_are_low_s_der_and_verify(key):
+    data = MANIFEST_TEXT.encode()
+    for _ in range(20):
+        sig = sign(data, key)
+        _, s = decode_dss_signature(base64.b64decode(sig))
+        assert s <= P256_ORDER // 2
+        verify(data, sig, key.public_key())
+
+
+def test_high_s_twin_of_a_valid_signature_is_rejected_as_high_s(key):
+    data = MANIFEST_TEXT.encode()
+    r, s = decode_dss_signature(base64.b64decode(sign(data, key)))
+    twin = base64.b64encode(encode_dss_signature(r, P256_ORDER - s)).decode()
+    with pytest.raises(SignatureError) as err:
+        verify(data, twin, key.public_key())
+    assert err.value.reason == "high_s"
+
+
+def test_signature_over_other_bytes_or_by_other_key_is_bad(key):
+    data = MANIFEST_TEXT.encode()
+    sig = sign(data, key)
+    with pytest.raises(SignatureError) as err:
+        verify(data + b" ", sig, key.public_key())
+    assert err.value.reason == "bad_signature"
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(SignatureError):
+        verify(data, sig, other.public_key())
+    with pytest.raises(SignatureError):
+        verify(data, "%%%not-base64", key.public_key())
+
+
+def test_keys_on_other_curves_are_refused():
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(FormatError):
+        sign(b"x", p384)
+    with pytest.raises(FormatError):
+        verify(b"x", "AAAA", p384.public_key())

@@ -1,0 +1,94 @@
+"""Checks on an *accepted* round entry: its signed manifest must back what is recorded.
+
+The coordinator verified each accepted update before recording it (DESIGN §4); the
+contract verifies again, so a coordinator cannot record an update that the participant
+never signed. The manifest must be canonical JSON (DESIGN §3) naming this federation,
+round, base model, participant, update digest and example count; its SHA-256 must be the
+entry's ``manifest_hash``; its signature (DER, low-S, base64) must verify with the
+participant's registered P-256 certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from chaincode.canonical import canonical_json, parse_json
+from chaincode.certs import load_pem_certificate, p256_public_key
+from chaincode.errors import ContractError, Invalid
+
+__all__ = ["P256_ORDER", "check_accepted_entry"]
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_MANIFEST_FIELDS = {"base_model", "federation", "num_examples", "participant", "round", "update", "v"}
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def _verify_signature(data: bytes, signature_b64: str, cert_pem: str) -> str | None:
+    """``None`` if the signature verifies, else a short reason."""
+    if _B64.fullmatch(signature_b64) is None:
+        return "signature is not base64"
+    try:
+        der = base64.b64decode(signature_b64, validate=True)
+        r, s = decode_dss_signature(der)
+    except (binascii.Error, ValueError):
+        return "signature is not DER"
+    if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
+        return "signature values are out of range"
+    if s > P256_ORDER // 2:
+        return "signature is not in low-S form"
+    key = p256_public_key(load_pem_certificate(cert_pem, "registered certificate"))
+    if key is None:
+        return "registered certificate is not P-256"
+    try:
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return "signature does not verify with the registered certificate"
+    return None
+
+
+def check_accepted_entry(
+    entry: dict[str, Any], federation: str, round_no: int, base_model: str, cert_pem: str
+) -> None:
+    """Raise ``INVALID`` unless the accepted ``entry`` is backed by a valid signed manifest."""
+    who = f"accepted entry of {entry['participant']}"
+    if entry["reason"] is not None:
+        raise Invalid(f"{who} must not carry a rejection reason")
+    for field in ("manifest", "manifest_hash", "signature", "update", "num_examples"):
+        if entry[field] is None:
+            raise Invalid(f"{who} lacks its {field}")
+    raw = entry["manifest"]
+    try:
+        manifest = parse_json(raw, f"{who}: manifest")
+    except ContractError as exc:
+        raise Invalid(exc.message) from exc
+    if not isinstance(manifest, dict) or set(manifest) != _MANIFEST_FIELDS:
+        raise Invalid(f"{who}: manifest must have exactly the fields {sorted(_MANIFEST_FIELDS)}")
+    if canonical_json(manifest) != raw:
+        raise Invalid(f"{who}: manifest is not in canonical form")
+    expected = {
+        "base_model": base_model,
+        "federation": federation,
+        "num_examples": entry["num_examples"],
+        "participant": entry["participant"],
+        "round": round_no,
+        "update": entry["update"],
+        "v": 1,
+    }
+    for field, value in expected.items():
+        if manifest[field] != value or type(manifest[field]) is not type(value):
+            raise Invalid(f"{who}: manifest {field} {manifest[field]!r} does not match {value!r}")
+    data = raw.encode("utf-8")
+    if hashlib.sha256(data).hexdigest() != entry["manifest_hash"]:
+        raise Invalid(f"{who}: manifest_hash is not the SHA-256 of the manifest")
+    problem = _verify_signature(data, entry["signature"], cert_pem)
+    if problem is not None:
+        raise Invalid(f"{who}: {problem}")

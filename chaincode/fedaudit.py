@@ -1,0 +1,530 @@
+"""The ``fedaudit`` contract (DESIGN §5): federations, participants, rounds, models, tokens.
+
+Every transaction function takes string arguments (Fabric passes strings) and returns
+canonical JSON text. Writes follow guard → read → change → put, read everything before
+the first put and never run a range query (a put after a paginated query is lost by
+fabric-chaincode-python 2.5.4, defect 3), and emit exactly one event. Refusals raise a
+:class:`~chaincode.errors.ContractError` whose text starts with a stable code.
+
+State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in round order):
+
+=============================== ===========================================================
+``fed~F``                       Federation
+``participant~F~P``             Participant
+``org~F~MSP``                   ``{"participants": [...]}`` — ids registered by that MSP
+``chain~F``                     ``{"last_committed", "last_round", "model"}`` round head
+``round~F~NNNNNNNN``            RoundRecord
+``commit~F~NNNNNNNN``           ModelCommit
+``rewards~F~NNNNNNNN``          ``{participant: units}``
+``roundtx~F~NNNNNNNN``          ``{"record_tx", "commit_tx"?, "rewards_tx"?}`` each
+                                ``{"timestamp_ms", "tx_id"}``
+``balance~F~P``                 ``{"balance": units}``
+=============================== ===========================================================
+
+Round rules: rounds are recorded consecutively from 1; round *r* may be recorded once
+round *r−1* is recorded, committed or not. A round that is recorded but never committed
+(a coordinator crashed between RecordRound and CommitModel) is *abandoned* as soon as the
+next round is recorded: it stays on the ledger as evidence and can no longer be
+committed. Every round's ``base_model`` must be the federation's current model — the model
+of the last committed round (before any commit: round 1's base model) — so committed
+models always form an unbroken chain. A resuming coordinator therefore records only the
+round that has no record, starting from the last committed model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from chaincode.canonical import canonical_bytes, canonical_json, parse_json
+from chaincode.certs import check_participant_cert
+from chaincode.errors import AccessDenied, Duplicate, Invalid, NotFound
+from chaincode.evidence import check_accepted_entry
+from chaincode.schema import (
+    COMMIT,
+    ID_RE,
+    MAX_AMOUNT,
+    META,
+    POLICY,
+    RECORD,
+    REWARDS,
+    check_id,
+    parse_amount,
+    parse_round,
+)
+from chaincode.shim_fixes import Contract, TransactionContext
+from chaincode.state import (
+    balance_of,
+    caller_cert,
+    caller_msp,
+    emit,
+    get_json,
+    key,
+    load_federation,
+    load_participant,
+    put_json,
+    refuse_auditor,
+    require_coordinator,
+    round_attr,
+    stamp,
+)
+
+__all__ = ["CONTRACT_NAME", "TRANSACTIONS", "QUERIES", "EVENTS", "FedAudit"]
+
+CONTRACT_NAME = "fedaudit"
+TRANSACTIONS = (
+    "InitFederation",
+    "RegisterParticipant",
+    "AdmitParticipant",
+    "RevokeParticipant",
+    "RecordRound",
+    "CommitModel",
+    "IssueRewards",
+    "Transfer",
+)
+QUERIES = (
+    "GetFederation",
+    "GetParticipant",
+    "ListParticipants",
+    "ParticipantHistory",
+    "GetRound",
+    "ListRounds",
+    "BalanceOf",
+)
+EVENTS = (
+    "FederationCreated",
+    "ParticipantRegistered",
+    "ParticipantAdmitted",
+    "ParticipantRevoked",
+    "RoundRecorded",
+    "ModelCommitted",
+    "RewardsIssued",
+    "TokensTransferred",
+)
+MAX_META_BYTES = 4096
+
+
+def _accepted_ids(record: dict[str, Any]) -> list[str]:
+    return sorted(e["participant"] for e in record["entries"] if e["status"] == "accepted")
+
+
+async def _round_view(ctx: TransactionContext, fed: str, round_no: int, record: Any) -> dict[str, Any]:
+    attr = round_attr(round_no)
+    stamps = await get_json(ctx, key(ctx, "roundtx", fed, attr)) or {}
+    return {
+        "federation": fed,
+        "round": round_no,
+        "record": record,
+        "record_tx": stamps.get("record_tx"),
+        "commit": await get_json(ctx, key(ctx, "commit", fed, attr)),
+        "commit_tx": stamps.get("commit_tx"),
+        "rewards": await get_json(ctx, key(ctx, "rewards", fed, attr)),
+        "rewards_tx": stamps.get("rewards_tx"),
+    }
+
+
+async def _set_status(
+    ctx: TransactionContext, fed: str, pid: str, status: str, event: str, extra: dict[str, Any]
+) -> str:
+    participant = await load_participant(ctx, fed, pid)
+    written = stamp(ctx)
+    participant.update(status=status, updated_ms=written["timestamp_ms"], updated_tx=written["tx_id"])
+    await put_json(ctx, key(ctx, "participant", fed, pid), participant)
+    emit(ctx, event, {"federation": fed, "participant": pid, "status": status, **extra})
+    return canonical_json(participant)
+
+
+class FedAudit(Contract):
+    """The ``fedaudit`` contract: one class, run by Fabric peers and by the embedded ledger."""
+
+    Name = CONTRACT_NAME
+
+    def get_evaluate_transactions(self) -> list[str]:
+        """Read-only functions (evaluated, never submitted for ordering)."""
+        return list(QUERIES)
+
+    # --- federation -------------------------------------------------------------------
+
+    async def InitFederation(self, ctx: TransactionContext, id: str, policy_json: str) -> str:
+        """Create a federation; the caller's MSP becomes its coordinator."""
+        msp = caller_msp(ctx)
+        fed = check_id(id, "federation id")
+        policy = POLICY(parse_json(policy_json, "policy"), "policy")
+        if msp in policy["auditor_msps"]:
+            raise AccessDenied(f"InitFederation may not be called by the auditor MSP {msp}")
+        record_key = key(ctx, "fed", fed)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"federation {fed} exists already")
+        written = stamp(ctx)
+        federation = {
+            "coordinator_msp": msp,
+            "created_ms": written["timestamp_ms"],
+            "created_tx": written["tx_id"],
+            "id": fed,
+            "policy": policy,
+        }
+        await put_json(ctx, record_key, federation)
+        emit(ctx, "FederationCreated", {"coordinator_msp": msp, "federation": fed})
+        return canonical_json(federation)
+
+    # --- participants -----------------------------------------------------------------
+
+    async def RegisterParticipant(
+        self, ctx: TransactionContext, fed: str, pid: str, cert_pem: str, meta_json: str
+    ) -> str:
+        """Register the caller's organisation's participant and its signing certificate."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        meta = META(parse_json(meta_json, "meta"), "meta")
+        if len(canonical_bytes(meta)) > MAX_META_BYTES:
+            raise Invalid(f"meta is larger than {MAX_META_BYTES} bytes")
+        federation = await load_federation(ctx, fed)
+        if msp == federation["coordinator_msp"]:
+            raise AccessDenied(
+                f"RegisterParticipant may not be called by the coordinator MSP {msp}: "
+                "participants register through their own organisation"
+            )
+        refuse_auditor(federation, msp, "RegisterParticipant")
+        own_cert = caller_cert(ctx, msp)
+        record_key = key(ctx, "participant", fed, pid)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"participant {pid} is already registered in federation {fed}")
+        org_key = key(ctx, "org", fed, msp)
+        org = await get_json(ctx, org_key) or {"participants": []}
+        written = stamp(ctx)
+        pem = check_participant_cert(cert_pem, own_cert, msp, written["timestamp_ms"])
+        participant = {
+            "cert_pem": pem,
+            "federation": fed,
+            "id": pid,
+            "meta": meta,
+            "msp_id": msp,
+            "registered_ms": written["timestamp_ms"],
+            "status": "pending",
+            "updated_ms": written["timestamp_ms"],
+            "updated_tx": written["tx_id"],
+        }
+        org["participants"] = sorted({*org["participants"], pid})
+        await put_json(ctx, record_key, participant)
+        await put_json(ctx, org_key, org)
+        emit(
+            ctx,
+            "ParticipantRegistered",
+            {
+                "cert_sha256": hashlib.sha256(pem.encode("ascii")).hexdigest(),
+                "federation": fed,
+                "msp_id": msp,
+                "participant": pid,
+                "status": "pending",
+            },
+        )
+        return canonical_json(participant)
+
+    async def AdmitParticipant(self, ctx: TransactionContext, fed: str, pid: str) -> str:
+        """Coordinator: make a pending participant ``active``."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        require_coordinator(await load_federation(ctx, fed), msp, "AdmitParticipant")
+        status = (await load_participant(ctx, fed, pid))["status"]
+        if status == "active":
+            raise Invalid(f"participant {pid} is already active")
+        if status == "revoked":
+            raise Invalid(f"participant {pid} is revoked and cannot be re-admitted; register a new id")
+        return await _set_status(ctx, fed, pid, "active", "ParticipantAdmitted", {})
+
+    async def RevokeParticipant(self, ctx: TransactionContext, fed: str, pid: str, reason: str) -> str:
+        """Coordinator: make a participant ``revoked`` (final); the reason goes into the event."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        if not isinstance(reason, str) or not 0 < len(reason) <= 512:
+            raise Invalid("reason must be 1 to 512 characters long")
+        require_coordinator(await load_federation(ctx, fed), msp, "RevokeParticipant")
+        if (await load_participant(ctx, fed, pid))["status"] == "revoked":
+            raise Invalid(f"participant {pid} is already revoked")
+        return await _set_status(ctx, fed, pid, "revoked", "ParticipantRevoked", {"reason": reason})
+
+    # --- rounds -----------------------------------------------------------------------
+
+    async def RecordRound(self, ctx: TransactionContext, fed: str, round: str, record_json: str) -> str:
+        """Coordinator: record every reply of a round, once, before aggregation."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        round_no = parse_round(round)
+        require_coordinator(await load_federation(ctx, fed), msp, "RecordRound")
+        record = RECORD(parse_json(record_json, "record"), "record")
+        if record["round"] != round_no:
+            raise Invalid(f"record.round {record['round']} does not match round {round_no}")
+        record_key = key(ctx, "round", fed, round_attr(round_no))
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"round {round_no} of federation {fed} is already recorded")
+        chain_key = key(ctx, "chain", fed)
+        chain = await get_json(ctx, chain_key)
+        expected = 1 if chain is None else chain["last_round"] + 1
+        if round_no != expected:
+            raise Invalid(f"round {round_no} cannot be recorded: the next round of federation {fed} is {expected}")
+        if chain is not None and record["base_model"] != chain["model"]:
+            raise Invalid(
+                f"record base_model {record['base_model']} is not the federation's current model "
+                f"{chain['model']}"
+            )
+        seen: set[str] = set()
+        for entry in record["entries"]:
+            pid = entry["participant"]
+            if entry["status"] == "rejected":
+                if entry["reason"] is None:
+                    raise Invalid(f"rejected entry of {pid!r} must carry a reason")
+                continue
+            if ID_RE.fullmatch(pid) is None:
+                raise Invalid(f"accepted entry names {pid!r}, which is not a participant id")
+            if pid in seen:
+                raise Invalid(f"participant {pid} has more than one accepted entry")
+            seen.add(pid)
+            participant = await get_json(ctx, key(ctx, "participant", fed, pid))
+            if participant is None:
+                raise Invalid(f"accepted entry names participant {pid}, which is not registered")
+            if participant["status"] != "active":
+                raise Invalid(
+                    f"accepted entry names participant {pid}, which is {participant['status']}, not active"
+                )
+            check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"])
+        written = stamp(ctx)
+        new_chain = {
+            "last_committed": 0 if chain is None else chain["last_committed"],
+            "last_round": round_no,
+            "model": record["base_model"] if chain is None else chain["model"],
+        }
+        await put_json(ctx, record_key, record)
+        await put_json(ctx, key(ctx, "roundtx", fed, round_attr(round_no)), {"record_tx": written})
+        await put_json(ctx, chain_key, new_chain)
+        emit(
+            ctx,
+            "RoundRecorded",
+            {
+                "accepted": _accepted_ids(record),
+                "base_model": record["base_model"],
+                "federation": fed,
+                "record_sha256": hashlib.sha256(canonical_bytes(record)).hexdigest(),
+                "rejected": sum(1 for e in record["entries"] if e["status"] == "rejected"),
+                "round": round_no,
+            },
+        )
+        return canonical_json(record)
+
+    async def CommitModel(self, ctx: TransactionContext, fed: str, round: str, commit_json: str) -> str:
+        """Coordinator: commit the round's aggregate, once, after its RecordRound."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        round_no = parse_round(round)
+        federation = await load_federation(ctx, fed)
+        require_coordinator(federation, msp, "CommitModel")
+        commit = COMMIT(parse_json(commit_json, "commit"), "commit")
+        if commit["round"] != round_no:
+            raise Invalid(f"commit.round {commit['round']} does not match round {round_no}")
+        attr = round_attr(round_no)
+        record = await get_json(ctx, key(ctx, "round", fed, attr))
+        if record is None:
+            raise Invalid(f"CommitModel for round {round_no} needs its RecordRound first")
+        record_key = key(ctx, "commit", fed, attr)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"round {round_no} of federation {fed} is already committed")
+        chain_key = key(ctx, "chain", fed)
+        chain = await get_json(ctx, chain_key)
+        if chain["last_round"] != round_no:
+            raise Invalid(
+                f"round {round_no} was abandoned when round {chain['last_round']} was recorded "
+                "and can no longer be committed"
+            )
+        if commit["base_model"] != record["base_model"]:
+            raise Invalid(
+                f"commit base_model {commit['base_model']} is not the round's recorded base_model "
+                f"{record['base_model']}"
+            )
+        if commit["base_model"] != chain["model"]:
+            raise Invalid(
+                f"commit base_model {commit['base_model']} is not the model committed before it "
+                f"{chain['model']}"
+            )
+        accepted = _accepted_ids(record)
+        if commit["accepted"] != accepted:
+            raise Invalid(
+                f"commit.accepted {commit['accepted']} must be the round's accepted participants "
+                f"sorted by id {accepted}"
+            )
+        if sorted(commit["weights"]) != accepted:
+            raise Invalid("commit.weights must have exactly one weight per accepted participant")
+        aggregation = federation["policy"]["aggregation"]
+        if commit["aggregation"] != aggregation:
+            raise Invalid(f"commit.aggregation {commit['aggregation']!r} is not the policy's {aggregation!r}")
+        if not accepted and commit["model"] != commit["base_model"]:
+            raise Invalid("a round with no accepted update must commit its base model unchanged")
+        stamps_key = key(ctx, "roundtx", fed, attr)
+        stamps = await get_json(ctx, stamps_key) or {}
+        written = stamp(ctx)
+        await put_json(ctx, record_key, commit)
+        await put_json(ctx, stamps_key, {**stamps, "commit_tx": written})
+        await put_json(ctx, chain_key, {**chain, "last_committed": round_no, "model": commit["model"]})
+        emit(
+            ctx,
+            "ModelCommitted",
+            {
+                "accepted": accepted,
+                "base_model": commit["base_model"],
+                "federation": fed,
+                "model": commit["model"],
+                "round": round_no,
+            },
+        )
+        return canonical_json(commit)
+
+    # --- tokens -----------------------------------------------------------------------
+
+    async def IssueRewards(self, ctx: TransactionContext, fed: str, round: str, rewards_json: str) -> str:
+        """Coordinator: mint integer rewards for a committed round, once, within the budget."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        round_no = parse_round(round)
+        federation = await load_federation(ctx, fed)
+        require_coordinator(federation, msp, "IssueRewards")
+        rewards = REWARDS(parse_json(rewards_json, "rewards"), "rewards")
+        attr = round_attr(round_no)
+        if await get_json(ctx, key(ctx, "round", fed, attr)) is None:
+            raise Invalid(f"IssueRewards for round {round_no} needs its RecordRound and CommitModel first")
+        commit = await get_json(ctx, key(ctx, "commit", fed, attr))
+        if commit is None:
+            raise Invalid(f"IssueRewards for round {round_no} needs its CommitModel first")
+        record_key = key(ctx, "rewards", fed, attr)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"rewards for round {round_no} of federation {fed} are already issued")
+        accepted = set(commit["accepted"])
+        paid = {pid: units for pid, units in sorted(rewards.items()) if units > 0}
+        for pid in paid:
+            if pid not in accepted:
+                raise Invalid(f"participant {pid} was not accepted in round {round_no} and cannot be rewarded")
+        total = sum(paid.values())
+        budget = federation["policy"]["reward_budget"]
+        if total > budget:
+            raise Invalid(f"rewards total {total} exceeds the round budget {budget}")
+        balances = {}
+        for pid, units in paid.items():
+            balances[pid] = await balance_of(ctx, fed, pid) + units
+            if balances[pid] > MAX_AMOUNT:
+                raise Invalid(f"balance of {pid} would overflow")
+        stamps_key = key(ctx, "roundtx", fed, attr)
+        stamps = await get_json(ctx, stamps_key) or {}
+        written = stamp(ctx)
+        await put_json(ctx, record_key, rewards)
+        await put_json(ctx, stamps_key, {**stamps, "rewards_tx": written})
+        for pid, balance in balances.items():
+            await put_json(ctx, key(ctx, "balance", fed, pid), {"balance": balance})
+        payload = {"federation": fed, "rewards": rewards, "round": round_no, "total": total}
+        emit(ctx, "RewardsIssued", payload)
+        return canonical_json(payload)
+
+    async def Transfer(self, ctx: TransactionContext, fed: str, to: str, amount: str) -> str:
+        """Participant: move ``amount`` of its own tokens to another participant."""
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(to, "recipient id")
+        units = parse_amount(amount)
+        federation = await load_federation(ctx, fed)
+        refuse_auditor(federation, msp, "Transfer")
+        org = await get_json(ctx, key(ctx, "org", fed, msp)) or {"participants": []}
+        if len(org["participants"]) != 1:
+            raise AccessDenied(
+                f"Transfer needs exactly one participant registered by {msp} in federation {fed}; "
+                f"found {len(org['participants'])}"
+            )
+        sender = org["participants"][0]
+        await load_participant(ctx, fed, to)
+        if sender == to:
+            raise Invalid(f"participant {sender} cannot transfer to itself")
+        from_balance = await balance_of(ctx, fed, sender)
+        if from_balance < units:
+            raise Invalid(f"insufficient balance: {sender} has {from_balance}, the transfer needs {units}")
+        to_balance = await balance_of(ctx, fed, to) + units
+        if to_balance > MAX_AMOUNT:
+            raise Invalid(f"balance of {to} would overflow")
+        await put_json(ctx, key(ctx, "balance", fed, sender), {"balance": from_balance - units})
+        await put_json(ctx, key(ctx, "balance", fed, to), {"balance": to_balance})
+        payload = {"amount": units, "federation": fed, "from": sender, "to": to}
+        emit(ctx, "TokensTransferred", payload)
+        return canonical_json(payload)
+
+    # --- queries ----------------------------------------------------------------------
+
+    async def GetFederation(self, ctx: TransactionContext, fed: str) -> str:
+        """The federation's stored definition."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        return canonical_json(await load_federation(ctx, fed))
+
+    async def GetParticipant(self, ctx: TransactionContext, fed: str, pid: str) -> str:
+        """One participant."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        await load_federation(ctx, fed)
+        return canonical_json(await load_participant(ctx, fed, pid))
+
+    async def ListParticipants(self, ctx: TransactionContext, fed: str) -> str:
+        """Every participant of the federation, sorted by id (key order)."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        await load_federation(ctx, fed)
+        stub = ctx.get_stub()
+        iterator = await stub.get_state_by_partial_composite_key("participant", [fed])
+        found = [parse_json(bytes(kv.value), "stored value") async for kv in iterator]
+        return canonical_json(sorted(found, key=lambda p: p["id"]))
+
+    async def ParticipantHistory(self, ctx: TransactionContext, fed: str, pid: str) -> str:
+        """Every change of a participant, oldest first (Fabric 2.x returns newest first)."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        await load_federation(ctx, fed)
+        iterator = await ctx.get_stub().get_history_for_key(key(ctx, "participant", fed, pid))
+        changes = [
+            {
+                "timestamp_ms": km.timestamp.seconds * 1000 + km.timestamp.nanos // 1_000_000,
+                "tx_id": km.tx_id,
+                "value": None if km.is_delete else parse_json(bytes(km.value), "stored value"),
+            }
+            async for km in iterator
+        ]
+        if not changes:
+            raise NotFound(f"participant {pid} is not registered in federation {fed}")
+        changes.reverse()
+        return canonical_json(changes)
+
+    async def GetRound(self, ctx: TransactionContext, fed: str, round: str) -> str:
+        """One round: record, commit, rewards and the tx id + timestamp that wrote each."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        round_no = parse_round(round)
+        await load_federation(ctx, fed)
+        record = await get_json(ctx, key(ctx, "round", fed, round_attr(round_no)))
+        if record is None:
+            raise NotFound(f"round {round_no} of federation {fed} is not recorded")
+        return canonical_json(await _round_view(ctx, fed, round_no, record))
+
+    async def ListRounds(self, ctx: TransactionContext, fed: str) -> str:
+        """Every recorded round, in round order."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        await load_federation(ctx, fed)
+        iterator = await ctx.get_stub().get_state_by_partial_composite_key("round", [fed])
+        records = [parse_json(bytes(kv.value), "stored value") async for kv in iterator]
+        views = [await _round_view(ctx, fed, r["round"], r) for r in sorted(records, key=lambda r: r["round"])]
+        return canonical_json(views)
+
+    async def BalanceOf(self, ctx: TransactionContext, fed: str, pid: str) -> str:
+        """A participant's token balance."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_id(pid, "participant id")
+        await load_federation(ctx, fed)
+        await load_participant(ctx, fed, pid)
+        return canonical_json({"balance": await balance_of(ctx, fed, pid), "federation": fed, "participant": pid})

@@ -1,0 +1,249 @@
+"""Access control of every ``fedaudit`` write: who may not call it, who may, and no identity at all.
+
+Runs through the Ledger protocol on every backend, so the exact messages (stable code
+prefix + reason) are what an operator would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from chaincode.fedaudit import QUERIES, TRANSACTIONS
+from ledger.errors import AccessDenied, DuplicateRecord, TransactionRejected
+from ledger.protocol import Ledger
+from ledger.records import FederationPolicy, Identity
+from tests.fixtures.ledgers import FED, World, ledger_factory, pki, receipt_ok, world  # noqa: F401
+from tests.fixtures.rounds import commit_for
+
+COORDINATOR_ONLY = ["AdmitParticipant", "RevokeParticipant", "RecordRound", "CommitModel", "IssueRewards"]
+NOT_COORDINATOR = ["BankAMSP", "BankBMSP", "AuditorMSP"]
+
+
+def _coordinator_call(world: World, function: str) -> Callable[[Ledger], object]:
+    """The call ``function`` makes, valid in every respect except (perhaps) the caller."""
+    rec = world.record(1)
+    calls: dict[str, Callable[[Ledger], object]] = {
+        "AdmitParticipant": lambda led: led.admit_participant(FED, "bank-d"),
+        "RevokeParticipant": lambda led: led.revoke_participant(FED, "bank-a", "audit finding"),
+        "RecordRound": lambda led: led.record_round(FED, 1, rec),
+        "CommitModel": lambda led: led.commit_model(FED, 1, commit_for(rec, world.model(1))),
+        "IssueRewards": lambda led: led.issue_rewards(FED, 1, {"bank-a": 1}),
+    }
+    if function in ("CommitModel", "IssueRewards"):
+        world.coordinator.record_round(FED, 1, rec)
+    if function == "IssueRewards":
+        world.coordinator.commit_model(FED, 1, commit_for(rec, world.model(1)))
+    if function == "AdmitParticipant":
+        world.banks["bank-c"].register_participant(FED, "bank-d", world.pki.leaf("BankCMSP", "bank-d").pem, {})
+    return calls[function]
+
+
+@pytest.mark.parametrize("function", COORDINATOR_ONLY)
+@pytest.mark.parametrize("caller", NOT_COORDINATOR)
+def test_coordinator_functions_are_denied_to_every_other_msp(
+    world: World, ledger_factory, function: str, caller: str  # noqa: F811
+) -> None:
+    call = _coordinator_call(world, function)
+
+    with pytest.raises(AccessDenied) as denied:
+        call(ledger_factory(world.pki.identity(caller)))
+
+    assert str(denied.value) == (
+        f"ACCESS_DENIED: {function} may only be called by the coordinator MSP CoordinatorMSP, not {caller}"
+    )
+
+
+@pytest.mark.parametrize("function", COORDINATOR_ONLY)
+def test_coordinator_functions_succeed_for_the_coordinator(world: World, function: str) -> None:
+    call = _coordinator_call(world, function)
+
+    assert receipt_ok(call(world.coordinator))
+
+
+def test_coordinator_issuing_rewards_twice_is_a_duplicate(world: World) -> None:
+    world.run_round(1)
+    world.coordinator.issue_rewards(FED, 1, {"bank-a": 1})
+
+    with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: "):
+        world.coordinator.issue_rewards(FED, 1, {"bank-b": 1})
+
+
+# --- InitFederation -------------------------------------------------------------------
+
+
+def test_an_auditor_msp_cannot_create_the_federation_it_audits(ledger_factory, pki) -> None:  # noqa: F811
+    auditor = ledger_factory(pki.identity("AuditorMSP"))
+
+    with pytest.raises(AccessDenied) as denied:
+        auditor.init_federation(FED, FederationPolicy(auditor_msps=["AuditorMSP"]))
+
+    assert str(denied.value) == "ACCESS_DENIED: InitFederation may not be called by the auditor MSP AuditorMSP"
+
+
+def test_any_other_msp_may_create_a_federation_and_becomes_its_coordinator(ledger_factory, pki) -> None:  # noqa: F811
+    bank = ledger_factory(pki.identity("BankBMSP"))
+
+    assert receipt_ok(bank.init_federation("bank-b-fed", FederationPolicy(auditor_msps=["AuditorMSP"])))
+    assert bank.get_federation("bank-b-fed").coordinator_msp == "BankBMSP"
+
+
+# --- RegisterParticipant --------------------------------------------------------------
+
+
+def test_an_institution_registers_its_own_participant(world: World) -> None:
+    leaf = world.pki.leaf("BankBMSP", "bank-b2")
+
+    receipt = world.banks["bank-b"].register_participant(FED, "bank-b2", leaf.pem, {})
+
+    assert receipt_ok(receipt)
+    assert world.auditor.participant(FED, "bank-b2").msp_id == "BankBMSP"
+
+
+@pytest.mark.parametrize(
+    ("caller", "message"),
+    [
+        ("CoordinatorMSP", "RegisterParticipant may not be called by the coordinator MSP CoordinatorMSP"),
+        ("AuditorMSP", "RegisterParticipant may not be called by the auditor MSP AuditorMSP"),
+    ],
+)
+def test_coordinator_and_auditor_cannot_register_participants(
+    world: World, ledger_factory, caller: str, message: str  # noqa: F811
+) -> None:
+    leaf = world.pki.leaf(caller, "someone")
+
+    with pytest.raises(AccessDenied, match=rf"^ACCESS_DENIED: {message}"):
+        ledger_factory(world.pki.identity(caller)).register_participant(FED, "someone", leaf.pem, {})
+
+
+def test_an_institution_cannot_register_a_certificate_of_another_org(world: World) -> None:
+    bank_b_cert = world.pki.leaf("BankBMSP", "bank-x")
+
+    with pytest.raises(AccessDenied) as denied:
+        world.banks["bank-a"].register_participant(FED, "bank-x", bank_b_cert.pem, {})
+
+    assert str(denied.value) == (
+        "ACCESS_DENIED: participant certificate was not issued by the CA of the caller's organisation BankAMSP"
+    )
+
+
+def test_a_certificate_from_a_foreign_ca_with_the_same_name_is_denied(world: World) -> None:
+    foreign = world.pki.foreign("BankAMSP")
+    assert foreign.cert.issuer == world.pki.cas["BankAMSP"].cert.subject
+
+    with pytest.raises(AccessDenied, match=r"^ACCESS_DENIED: participant certificate was not issued by the CA"):
+        world.banks["bank-a"].register_participant(FED, "bank-x", foreign.pem, {})
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("p384", "participant certificate key must be ECDSA P-256"),
+        ("expired", "participant certificate is not valid at the transaction time"),
+        ("not_yet_valid", "participant certificate is not valid at the transaction time"),
+        ("ca_cert", "participant certificate is a CA certificate"),
+    ],
+)
+def test_an_unusable_certificate_is_rejected(world: World, make: str, message: str) -> None:
+    leaf = getattr(world.pki, make)("BankAMSP")
+
+    with pytest.raises(TransactionRejected, match=rf"^INVALID: {message}"):
+        world.banks["bank-a"].register_participant(FED, "bank-x", leaf.pem, {})
+
+
+@pytest.mark.parametrize(
+    "pem", ["not a certificate", "", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]
+)
+def test_garbage_in_place_of_a_certificate_is_rejected(world: World, pem: str) -> None:
+    with pytest.raises(TransactionRejected, match=r"^INVALID: participant certificate"):
+        world.banks["bank-a"].register_participant(FED, "bank-x", pem, {})
+
+
+def test_two_certificates_in_one_pem_are_rejected(world: World) -> None:
+    two = world.pki.leaf("BankAMSP", "one").pem + world.pki.leaf("BankAMSP", "two").pem
+
+    with pytest.raises(TransactionRejected, match=r"^INVALID: participant certificate must hold exactly one"):
+        world.banks["bank-a"].register_participant(FED, "bank-x", two, {})
+
+
+# --- Transfer -------------------------------------------------------------------------
+
+
+def test_a_transfer_always_debits_the_callers_own_participant(world: World) -> None:
+    world.run_round(1)
+    world.coordinator.issue_rewards(FED, 1, {"bank-a": 50})
+
+    # BankBMSP cannot reach bank-a's tokens: its transfer debits bank-b, which has none.
+    with pytest.raises(TransactionRejected, match=r"^INVALID: insufficient balance: bank-b has 0"):
+        world.banks["bank-b"].transfer(FED, "bank-c", 1)
+    assert world.auditor.balance(FED, "bank-a") == 50
+
+
+@pytest.mark.parametrize(
+    ("caller", "message"),
+    [
+        (
+            "CoordinatorMSP",
+            "Transfer needs exactly one participant registered by CoordinatorMSP in federation fed-1; found 0",
+        ),
+        ("AuditorMSP", "Transfer may not be called by the auditor MSP AuditorMSP"),
+    ],
+)
+def test_coordinator_and_auditor_have_no_tokens_to_transfer(
+    world: World, ledger_factory, caller: str, message: str  # noqa: F811
+) -> None:
+    with pytest.raises(AccessDenied) as denied:
+        ledger_factory(world.pki.identity(caller)).transfer(FED, "bank-a", 1)
+
+    assert str(denied.value) == f"ACCESS_DENIED: {message}"
+
+
+def test_an_org_with_two_participants_cannot_tell_which_account_to_debit(world: World) -> None:
+    world.banks["bank-c"].register_participant(FED, "bank-c2", world.pki.leaf("BankCMSP", "bank-c2").pem, {})
+
+    with pytest.raises(AccessDenied, match=r"^ACCESS_DENIED: Transfer needs exactly one participant .*; found 2$"):
+        world.banks["bank-c"].transfer(FED, "bank-a", 1)
+
+
+def test_a_participant_cannot_transfer_to_itself(world: World) -> None:
+    with pytest.raises(TransactionRejected, match=r"^INVALID: participant bank-a cannot transfer to itself"):
+        world.banks["bank-a"].transfer(FED, "bank-a", 1)
+
+
+# --- no identity ----------------------------------------------------------------------
+
+
+def _every_call(world: World) -> dict[str, Callable[[Ledger], object]]:
+    """One well-formed call of every contract function, by function name."""
+    rec = world.record(1)
+    com = commit_for(rec, world.model(1))
+    return {
+        "InitFederation": lambda led: led.init_federation("fed-2", FederationPolicy()),
+        "RegisterParticipant": lambda led: led.register_participant(FED, "x", world.signers["bank-a"].pem, {}),
+        "AdmitParticipant": lambda led: led.admit_participant(FED, "bank-a"),
+        "RevokeParticipant": lambda led: led.revoke_participant(FED, "bank-a", "r"),
+        "RecordRound": lambda led: led.record_round(FED, 1, rec),
+        "CommitModel": lambda led: led.commit_model(FED, 1, com),
+        "IssueRewards": lambda led: led.issue_rewards(FED, 1, {}),
+        "Transfer": lambda led: led.transfer(FED, "bank-a", 1),
+        "GetFederation": lambda led: led.get_federation(FED),
+        "GetParticipant": lambda led: led.participant(FED, "bank-a"),
+        "ListParticipants": lambda led: led.participants(FED),
+        "ParticipantHistory": lambda led: led.history(FED, "bank-a"),
+        "GetRound": lambda led: led.get_round(FED, 1),
+        "ListRounds": lambda led: led.list_rounds(FED),
+        "BalanceOf": lambda led: led.balance(FED, "bank-a"),
+    }
+
+
+@pytest.mark.parametrize("function", [*TRANSACTIONS, *QUERIES])
+def test_every_function_fails_closed_without_an_identity(world: World, ledger_factory, function: str) -> None:  # noqa: F811
+    calls = _every_call(world)
+    assert set(calls) == {*TRANSACTIONS, *QUERIES}
+    nobody = ledger_factory(Identity.model_construct(msp_id="", cert_pem=""))
+
+    with pytest.raises(AccessDenied) as denied:
+        calls[function](nobody)
+
+    assert str(denied.value) == "ACCESS_DENIED: the caller has no MSP id"

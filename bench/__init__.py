@@ -1,0 +1,1 @@
+"""fedledger benchmarks: figures and ratios measured side by side in one run."""

@@ -1,0 +1,246 @@
+"""``fedledger`` command line: thin commands that parse, call a service and print.
+
+A failed command exits non-zero with a one-line reason; ``--json`` prints one JSON
+document for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fl.config import ConfigError, load_config
+from fl.runtime import configure_logging, flower_env
+
+app = typer.Typer(
+    name="fedledger",
+    help="Blockchain-audited federated learning: signed updates, recorded before FedAvg uses them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+audit_app = typer.Typer(help="Verify a federation as an auditor.", no_args_is_help=True)
+network_app = typer.Typer(help="Drive a native Hyperledger Fabric network.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(network_app, name="network")
+
+console = Console()
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+@app.callback()
+def _main(
+    log_json: bool = typer.Option(False, "--log-json", help="Structured JSON logs on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    flower_env()
+    configure_logging(json_logs=log_json or None, level=logging.DEBUG if verbose else logging.WARNING)
+
+
+@app.command()
+def demo(
+    rounds: int = typer.Option(3, min=1, help="Rounds to run."),
+    participants: int = typer.Option(3, min=2, max=26, help="Institutions (bank-a, bank-b, …)."),
+    workdir: Path = typer.Option(Path("fedledger-demo"), help="Where the demo writes everything."),
+    adversary: list[str] = typer.Option([], help="PARTICIPANT:KIND, repeatable (tamper, replay, foreign-key, wrong-base, nan, shape)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    verbose: bool = typer.Option(False, help="Show Flower's own log."),
+) -> None:
+    """Run a federation of K institutions × N rounds on the embedded ledger."""
+    from fl.adversary import parse_adversaries
+    from fl.demo import DemoError, run_demo
+
+    try:
+        adversaries = parse_adversaries(adversary)
+        result = run_demo(workdir, rounds=rounds, participants=participants,
+                          adversaries=adversaries, verbose=verbose)
+    except (DemoError, ValueError) as exc:
+        _fail(str(exc))
+    summary = result.to_json()
+    if as_json:
+        _print_json(summary)
+        return
+    _print_demo(summary)
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
+    console.print(f"[bold]federation[/] {summary['federation']}  ledger {summary['ledger']['backend']} "
+                  f"({summary['ledger']['path']})")
+    for line in summary["onboarding"]:
+        console.print(f"  {line['participant']} ({line['msp_id']}) registered tx {line['register_tx'][:12]}…, "
+                      f"admitted tx {line['admit_tx'][:12]}…")
+    table = Table(title="audited rounds")
+    for column in ("round", "accepted (score)", "rejected (reason)", "RecordRound tx", "CommitModel tx",
+                   "model", "accuracy"):
+        table.add_column(column)
+    for r in summary["rounds"]:
+        accepted = "\n".join(f"{p} ({r['scores'][p] / 1e6:+.3f})" for p in r["accepted"]) or "-"
+        rejected = "\n".join(f"{x['participant']} ({x['reason']})" for x in r["rejected"]) or "-"
+        table.add_row(str(r["round"]), accepted, rejected,
+                      f"{r['record_tx'][:12]}… #{r['record_block']}",
+                      f"{r['commit_tx'][:12]}… #{r['commit_block']}",
+                      f"{r['model'][:16]}…", f"{r['accuracy']:.4f}")
+    console.print(table)
+    console.print(f"accuracy {summary['initial_accuracy']:.4f} → {summary['final_accuracy']:.4f}")
+    console.print(f"verify it: fedledger audit verify --workdir {summary['workdir']}")
+
+
+def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-untyped-def]
+    from fl.server_app import identity_paths
+    from ledger.factory import open_ledger
+    from ledger.pki import certificate_pem, load_certificate
+    from ledger.records import Identity
+
+    config_path = workdir / "federation.toml"
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"
+    _, cert = identity_paths(cfg, "auditor", msp)
+    identity = Identity(msp_id=msp, cert_pem=certificate_pem(load_certificate(cert)))
+    if not cfg.ledger_path.exists():
+        _fail(f"{cfg.ledger_path}: no ledger here")
+    return cfg, open_ledger(cfg.ledger, cfg.ledger_path, identity), federation or cfg.id
+
+
+@audit_app.command("verify")
+def audit_verify(
+    workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
+    federation: Optional[str] = typer.Option(None, help="Federation id (default: from federation.toml)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-check signatures, digests, aggregates, scores and the ledger's own integrity."""
+    from ledger.artifacts import ArtifactStore
+    from ledger.audit import AuditReport, audit_federation
+
+    cfg, ledger, fed = _open_audit(workdir, federation)
+
+    def integrity(report: AuditReport) -> None:
+        verify_chain = getattr(ledger, "verify_chain", None)
+        if verify_chain is not None:
+            problems = verify_chain()
+            report.problems.extend(f"ledger: {p}" for p in problems)
+            report.blocks_checked = ledger.height() if hasattr(ledger, "height") else 0
+
+    try:
+        report = audit_federation(ledger, fed, ArtifactStore(cfg.artifacts_path), integrity)
+    finally:
+        ledger.close()
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        status = "[green]OK[/]" if report.ok else "[red]FAILED[/]"
+        console.print(f"{status} federation {fed}: {report.rounds} rounds, {report.signatures_checked} "
+                      f"signatures, {report.aggregates_recomputed} aggregates and "
+                      f"{report.scores_recomputed} score sets recomputed, {report.blocks_checked} blocks")
+        for problem in report.problems:
+            console.print(f"  - {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("round")
+def audit_round(
+    number: int = typer.Argument(..., min=1),
+    workdir: Path = typer.Option(Path("fedledger-demo")),
+    federation: Optional[str] = typer.Option(None),
+) -> None:
+    """Print one round as recorded on the ledger (JSON)."""
+    from ledger.errors import LedgerError
+
+    _, ledger, fed = _open_audit(workdir, federation)
+    try:
+        view = ledger.get_round(fed, number)
+    except LedgerError as exc:
+        _fail(str(exc))
+    finally:
+        ledger.close()
+    _print_json(view.model_dump(mode="json"))
+
+
+@audit_app.command("participant")
+def audit_participant(
+    participant: str = typer.Argument(...),
+    workdir: Path = typer.Option(Path("fedledger-demo")),
+    federation: Optional[str] = typer.Option(None),
+) -> None:
+    """Print a participant's registration, history and balance (JSON)."""
+    from ledger.errors import LedgerError
+
+    _, ledger, fed = _open_audit(workdir, federation)
+    try:
+        record = ledger.participant(fed, participant)
+        history = ledger.history(fed, participant)
+        balance = ledger.balance(fed, participant)
+    except LedgerError as exc:
+        _fail(str(exc))
+    finally:
+        ledger.close()
+    _print_json({
+        "participant": record.model_dump(mode="json", exclude={"cert_pem"}),
+        "history": [{"tx_id": h.tx_id, "timestamp_ms": h.timestamp_ms,
+                     "status": h.value.status if h.value else None} for h in history],
+        "balance": balance,
+    })
+
+
+_FABRIC_BLOCKED = (
+    "a Fabric network cannot be built on this machine: the Go module proxy refuses "
+    "github.com/hyperledger/fabric (403 'This module version is not available') for the "
+    "v2.5.16 and v3.1.5 release commits; see README 'Hyperledger Fabric'"
+)
+
+
+@network_app.command("up")
+def network_up() -> None:
+    """Start the native Fabric network (not available on this machine yet)."""
+    _fail(_FABRIC_BLOCKED, code=2)
+
+
+@network_app.command("status")
+def network_status() -> None:
+    """Show the Fabric network's health (not available on this machine yet)."""
+    _fail(_FABRIC_BLOCKED, code=2)
+
+
+def _mount_optional() -> None:
+    """Sub-apps for onboarding and deployment live in their own modules."""
+    try:
+        from fl.cli_participant import participant_app
+    except ImportError:
+        participant_app = None
+    if participant_app is not None:
+        app.add_typer(participant_app, name="participant")
+    try:
+        from fl.cli_deploy import client_app, coordinator_app
+    except ImportError:
+        return
+    app.add_typer(coordinator_app, name="coordinator")
+    app.add_typer(client_app, name="client")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The institution's ClientApp: train locally, then sign what leaves (DESIGN §3).
+
+Mods, outermost first: the adversary's outer mod (demo only), the signing mod, the
+adversary's inner mod (demo only), then ``train``. Who the participant is, where its key
+and data are, comes from a *resolver* of the Flower context: in deployment from the
+SuperNode's ``--node-config`` (``participant``, ``key``, ``data``), in the demo's
+simulation from the partition id.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl import data as fl_data
+from fl import model as fl_model
+from fl.adversary import make_adversary_mods
+from fl.records import to_arrays, to_record
+from fl.signing import SignerSpec, make_signing_mod
+from ledger.pki import load_private_key
+
+__all__ = ["ClientRuntime", "make_client_app", "node_config_resolver", "app"]
+
+
+@dataclass(frozen=True)
+class ClientRuntime:
+    """Everything one institution's ClientApp needs."""
+
+    participant: str
+    key: ec.EllipticCurvePrivateKey
+    load_data: Callable[[], tuple[np.ndarray, np.ndarray]]
+    adversary: str | None = None
+
+
+Resolver = Callable[[Context], ClientRuntime]
+
+
+def make_client_app(resolve: Resolver) -> ClientApp:
+    """A ClientApp whose participant, key and data come from ``resolve(context)``."""
+    outer, inner = make_adversary_mods(lambda ctx: resolve(ctx).adversary)
+    signing = make_signing_mod(lambda ctx: SignerSpec(resolve(ctx).participant, resolve(ctx).key))
+    app = ClientApp(mods=[outer, signing, inner])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        runtime = resolve(context)
+        config = msg.content["config"]
+        X, y = runtime.load_data()
+        arrays = to_arrays(msg.content["arrays"])
+        model = fl_model.CreditMLP(X.shape[1])
+        fl_model.set_arrays(model, arrays)
+        result = fl_model.train(
+            model,
+            X,
+            y,
+            epochs=int(config["local-epochs"]),
+            lr=float(config["learning-rate"]),
+            batch_size=int(config["batch-size"]),
+            seed=int(config["seed"]) + int(config["round"]),
+        )
+        metrics = MetricRecord(
+            {"num-examples": int(result["num_examples"]), "train-loss": float(result["loss"])}
+        )
+        return Message(
+            RecordDict({"arrays": to_record(fl_model.get_arrays(model)), "metrics": metrics}),
+            reply_to=msg,
+        )
+
+    return app
+
+
+@functools.lru_cache(maxsize=64)
+def _key(path: str) -> ec.EllipticCurvePrivateKey:
+    return load_private_key(Path(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _csv(path: str) -> tuple[np.ndarray, np.ndarray]:
+    return fl_data.load_csv(Path(path), fl_data.credit_schema())
+
+
+def node_config_resolver(context: Context) -> ClientRuntime:
+    """Deployment: the SuperNode's ``--node-config`` names participant, key and data."""
+    cfg = context.node_config
+    try:
+        participant, key, data = str(cfg["participant"]), str(cfg["key"]), str(cfg["data"])
+    except KeyError as exc:
+        raise ValueError(f"node config lacks {exc.args[0]!r} (participant, key, data)") from exc
+    return ClientRuntime(
+        participant=participant,
+        key=_key(key),
+        load_data=functools.partial(_csv, data),
+        adversary=str(cfg["adversary"]) if "adversary" in cfg else None,
+    )
+
+
+app = make_client_app(node_config_resolver)

@@ -1,0 +1,62 @@
+"""Where a (re)started coordinator continues: the ledger, not local files, decides.
+
+The last round whose ``CommitModel`` is on the ledger is done. A round recorded but not
+committed (the coordinator stopped between the two writes) is completed from the stored
+updates, exactly as the auditor would recompute it, and committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from ledger.aggregate import WeightedUpdate, fedavg
+from ledger.artifacts import ArtifactStore
+from ledger.protocol import Ledger
+from ledger.records import ModelCommit
+
+__all__ = ["ResumeState", "resume"]
+
+log = structlog.get_logger("fedledger.coordinator")
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Rounds already committed and the global model to continue from."""
+
+    completed: int
+    model: str
+    arrays: Mapping[str, np.ndarray]
+
+
+def resume(
+    ledger: Ledger, federation: str, artifacts: ArtifactStore, initial: Mapping[str, np.ndarray]
+) -> ResumeState:
+    """Find the last committed round (completing a recorded-only round first)."""
+    rounds = ledger.list_rounds(federation)
+    if not rounds:
+        model = artifacts.put(initial)
+        return ResumeState(0, model, initial)
+    last = rounds[-1]
+    if last.commit is not None:
+        return ResumeState(last.round, last.commit.model, artifacts.get(last.commit.model))
+    record = last.record
+    updates = [
+        WeightedUpdate(e.participant, int(e.num_examples or 0), artifacts.get(str(e.update)))
+        for e in record.accepted()
+    ]
+    arrays = fedavg(updates) if updates else artifacts.get(record.base_model)
+    model = artifacts.put(arrays)
+    commit = ModelCommit(
+        round=last.round,
+        base_model=record.base_model,
+        model=model,
+        accepted=[u.participant for u in updates],
+        weights={u.participant: u.weight for u in updates},
+    )
+    receipt = ledger.commit_model(federation, last.round, commit)
+    log.info("round_completed_on_resume", round=last.round, model=model, tx_id=receipt.tx_id)
+    return ResumeState(last.round, model, arrays)

@@ -1,0 +1,149 @@
+"""The coordinator's ServerApp: resume from the ledger, then run audited rounds.
+
+The same code runs in the demo's simulation and in deployment. In deployment the
+ServerApp reads the federation file named by the run config key ``config`` and the
+coordinator identity from the federation's PKI directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fl import data as fl_data
+from fl import model as fl_model
+from fl.config import FederationConfig, load_config
+from fl.records import to_record
+from fl.resume import resume
+from fl.strategy import AuditedFedAvg, RoundSummary, append_jsonl
+from ledger.artifacts import ArtifactStore
+from ledger.factory import open_ledger
+from ledger.pki import load_certificate, certificate_pem
+from ledger.records import Identity
+
+__all__ = [
+    "CoordinatorRun",
+    "coordinator_identity",
+    "identity_paths",
+    "initial_model",
+    "make_server_app",
+    "run_coordinator",
+    "app",
+]
+
+log = structlog.get_logger("fedledger.coordinator")
+
+
+def identity_paths(cfg: FederationConfig, name: str, msp_id: str) -> tuple[Path, Path]:
+    """(key, certificate) files of ``name`` in org ``msp_id`` under the workdir's PKI."""
+    org = cfg.workdir / "pki" / msp_id
+    return org / f"{name}.key", org / f"{name}.crt"
+
+
+def coordinator_identity(cfg: FederationConfig) -> Identity:
+    """The coordinator's ledger identity (``CoordinatorMSP`` certificate)."""
+    _, cert = identity_paths(cfg, "coordinator", cfg.coordinator_msp)
+    return Identity(msp_id=cfg.coordinator_msp, cert_pem=certificate_pem(load_certificate(cert)))
+
+
+def initial_model(cfg: FederationConfig) -> dict[str, np.ndarray]:
+    """The federation's deterministic initial global model."""
+    return fl_model.initial_arrays(fl_data.credit_schema().n_features, cfg.training.seed)
+
+
+def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
+    X, y = fl_data.load_test(len(cfg.participants), cfg.data_seed, alpha=cfg.dirichlet_alpha)
+
+    def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        model = fl_model.CreditMLP(X.shape[1])
+        fl_model.set_arrays(model, arrays)
+        result = fl_model.evaluate(model, X, y)
+        return {"accuracy": float(result["accuracy"]), "auc": float(result["auc"]),
+                "loss": float(result["loss"])}
+
+    return evaluate
+
+
+@dataclass
+class CoordinatorRun:
+    """What a coordinator run did: rounds completed before it, and its round summaries."""
+
+    resumed_from: int
+    summaries: list[RoundSummary]
+    initial_metrics: dict[str, float]
+
+
+def run_coordinator(
+    grid: Grid,
+    cfg: FederationConfig,
+    identity: Identity,
+    *,
+    node_owner: Callable[[str], str | None] | None = None,
+    timeout: float = 600.0,
+) -> CoordinatorRun:
+    """Resume from the ledger and run the remaining rounds of ``cfg``."""
+    ledger = open_ledger(cfg.ledger, cfg.ledger_path, identity)
+    try:
+        artifacts = ArtifactStore(cfg.artifacts_path)
+        state = resume(ledger, cfg.id, artifacts, initial_model(cfg))
+        evaluate = _evaluator(cfg)
+        initial_metrics = evaluate(dict(state.arrays))
+        remaining = cfg.rounds - state.completed
+        log.info("coordinator_resumed", completed=state.completed, remaining=remaining,
+                 model=state.model)
+        if remaining <= 0:
+            return CoordinatorRun(state.completed, [], initial_metrics)
+        strategy = AuditedFedAvg(
+            ledger=ledger,
+            artifacts=artifacts,
+            federation=cfg.id,
+            train_settings={
+                "local-epochs": cfg.training.local_epochs,
+                "learning-rate": cfg.training.learning_rate,
+                "batch-size": cfg.training.batch_size,
+                "seed": cfg.training.seed,
+            },
+            round_offset=state.completed,
+            expected_nodes=len(cfg.participants),
+            node_owner=node_owner,
+            evaluate=evaluate,
+            on_round=append_jsonl(cfg.rounds_log),
+            max_norm_ratio=cfg.max_norm_ratio,
+        )
+        strategy.start(grid, to_record(state.arrays), num_rounds=remaining, timeout=timeout)
+        return CoordinatorRun(state.completed, strategy.summaries, initial_metrics)
+    finally:
+        ledger.close()
+
+
+def make_server_app(
+    cfg: FederationConfig,
+    identity: Identity,
+    on_done: Callable[[CoordinatorRun], None] | None = None,
+) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (used by the demo's simulation)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = run_coordinator(grid, cfg, identity)
+        if on_done is not None:
+            on_done(result)
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def _deployment_main(grid: Grid, context: Context) -> None:
+    """Deployment: ``run_config['config']`` names the federation TOML file."""
+    cfg = load_config(Path(str(context.run_config["config"])))
+    run_coordinator(grid, cfg, coordinator_identity(cfg))

@@ -1,0 +1,223 @@
+"""The audit layer around Flower's FedAvg (DESIGN §4).
+
+``AuditedFedAvg`` keeps Flower's sampling and message construction, and replaces
+aggregation with the audited round:
+
+verify each reply → score accepted updates → store them → ``RecordRound`` (wait for the
+commit) → deterministic FedAvg → store the new model → ``CommitModel`` → release.
+
+Any ledger failure raises :class:`RoundFailed` out of ``aggregate_train``: Flower's
+strategy loop does not catch it, so the run stops without a new model (fail closed), and
+a restarted coordinator resumes from the ledger (:mod:`fl.resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fl.records import to_arrays, to_record
+from fl.verification import KeyCache, RoundContext, verify_round
+from ledger.aggregate import fedavg
+from ledger.artifacts import ArtifactStore
+from ledger.errors import LedgerError
+from ledger.formats import update_digest
+from ledger.protocol import Ledger
+from ledger.records import ModelCommit, RoundRecord, ScorerSpec
+from ledger.scoring import cosine_scores
+
+__all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary"]
+
+log = structlog.get_logger("fedledger.coordinator")
+
+
+class RoundFailed(RuntimeError):
+    """The ledger did not commit a round's record or model: nothing was released."""
+
+
+@dataclass
+class RoundSummary:
+    """What the coordinator reports for one committed round."""
+
+    round: int
+    base_model: str
+    model: str
+    accepted: list[str]
+    rejected: list[dict[str, str | None]]
+    scores: dict[str, int]
+    record_tx: str
+    record_block: int
+    commit_tx: str
+    commit_block: int
+    seconds: float  # from sending the global model to the commit of the new one
+    ledger_seconds: float  # of which: waiting for RecordRound and CommitModel
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for JSON output."""
+        return dict(self.__dict__)
+
+
+class AuditedFedAvg(FedAvg):
+    """FedAvg that aggregates only what was verified and committed to the ledger first."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        artifacts: ArtifactStore,
+        federation: str,
+        train_settings: Mapping[str, Any],
+        round_offset: int = 0,
+        expected_nodes: int = 2,
+        node_owner: Callable[[str], str | None] | None = None,
+        evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
+        on_round: Callable[[RoundSummary], None] | None = None,
+        max_norm_ratio: float = 10.0,
+        scorer: ScorerSpec | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=expected_nodes,
+            min_available_nodes=expected_nodes,
+        )
+        self.ledger = ledger
+        self.artifacts = artifacts
+        self.federation = federation
+        self.train_settings = dict(train_settings)
+        self.round_offset = round_offset
+        self.node_owner = node_owner
+        self.evaluate = evaluate
+        self.on_round = on_round
+        self.max_norm_ratio = max_norm_ratio
+        self.scorer = scorer or ScorerSpec(name="cosine")
+        self.keys = KeyCache()
+        self.summaries: list[RoundSummary] = []
+        self._base: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
+        self._round_started = 0.0
+
+    def ledger_round(self, server_round: int) -> int:
+        """The federation's round number for Flower's ``server_round`` (after a resume)."""
+        return self.round_offset + server_round
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global model with the federation, round and training settings."""
+        base_arrays = to_arrays(arrays)
+        base_model = update_digest(base_arrays)
+        self._base = {server_round: (base_model, base_arrays)}
+        self._round_started = time.perf_counter()
+        round_no = self.ledger_round(server_round)
+        config = ConfigRecord(dict(config))
+        config["federation"] = self.federation
+        config["round"] = round_no
+        config["base-model"] = base_model
+        for key, value in self.train_settings.items():
+            config[key] = value
+        log.info("round_started", round=round_no, base_model=base_model)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Run the audited round; raise RoundFailed if the ledger does not commit."""
+        round_no = self.ledger_round(server_round)
+        base_model, base_arrays = self._base[server_round]
+        replies = list(replies)
+        try:
+            participants = {p.id: p for p in self.ledger.participants(self.federation)}
+        except LedgerError as exc:
+            raise RoundFailed(f"round {round_no}: cannot read participants: {exc}") from exc
+        ctx = RoundContext(
+            federation=self.federation,
+            round=round_no,
+            base_model=base_model,
+            base_arrays=base_arrays,
+            participants=participants,
+            node_owner=self.node_owner,
+            max_norm_ratio=self.max_norm_ratio,
+        )
+        verdict = verify_round(replies, ctx, self.keys)
+        scores = cosine_scores(base_arrays, verdict.accepted)
+        entries = [
+            e.model_copy(update={"score_ppm": scores[e.participant]}) if e.status == "accepted" else e
+            for e in verdict.entries
+        ]
+        # Updates are stored before they are recorded, so a coordinator that crashes
+        # after RecordRound can still recompute and commit this round on restart.
+        for update in verdict.accepted:
+            self.artifacts.put(update.arrays)
+        record = RoundRecord(round=round_no, base_model=base_model, scorer=self.scorer, entries=entries)
+        ledger_started = time.perf_counter()
+        try:
+            record_rx = self.ledger.record_round(self.federation, round_no, record)
+        except LedgerError as exc:
+            log.error("round_record_failed", round=round_no, error=str(exc))
+            raise RoundFailed(f"round {round_no}: RecordRound was not committed: {exc}") from exc
+        ledger_seconds = time.perf_counter() - ledger_started
+        log.info("round_recorded", round=round_no, tx_id=record_rx.tx_id, block=record_rx.block_number,
+                 accepted=len(verdict.accepted), rejected=len(verdict.rejected()))
+        new_arrays = fedavg(verdict.accepted) if verdict.accepted else base_arrays
+        model = self.artifacts.put(new_arrays)
+        commit = ModelCommit(
+            round=round_no,
+            base_model=base_model,
+            model=model,
+            accepted=[u.participant for u in verdict.accepted],
+            weights={u.participant: u.weight for u in verdict.accepted},
+            aggregation="fedavg",
+        )
+        ledger_started = time.perf_counter()
+        try:
+            commit_rx = self.ledger.commit_model(self.federation, round_no, commit)
+        except LedgerError as exc:
+            log.error("model_commit_failed", round=round_no, error=str(exc))
+            raise RoundFailed(f"round {round_no}: CommitModel was not committed: {exc}") from exc
+        ledger_seconds += time.perf_counter() - ledger_started
+        log.info("model_committed", round=round_no, model=model, tx_id=commit_rx.tx_id)
+        summary = RoundSummary(
+            round=round_no,
+            base_model=base_model,
+            model=model,
+            accepted=commit.accepted,
+            rejected=[{"participant": e.participant, "reason": e.reason, "detail": e.detail}
+                      for e in verdict.rejected()],
+            scores=scores,
+            record_tx=record_rx.tx_id,
+            record_block=record_rx.block_number,
+            commit_tx=commit_rx.tx_id,
+            commit_block=commit_rx.block_number,
+            seconds=0.0,
+            ledger_seconds=ledger_seconds,
+        )
+        summary.seconds = time.perf_counter() - self._round_started
+        if self.evaluate is not None:
+            summary.metrics = self.evaluate(new_arrays)
+        self.summaries.append(summary)
+        if self.on_round is not None:
+            self.on_round(summary)
+        total = sum(u.weight for u in verdict.accepted)
+        return to_record(new_arrays), MetricRecord({"num-examples": total, **summary.metrics})
+
+
+def append_jsonl(path: Path) -> Callable[[RoundSummary], None]:
+    """An ``on_round`` callback appending each summary to a JSON-lines file."""
+
+    def write(summary: RoundSummary) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(summary.to_json(), sort_keys=True) + "\n")
+
+    return write

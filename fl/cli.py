@@ -107,7 +107,8 @@ def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-un
 
     config_path = workdir / "federation.toml"
     try:
-        cfg = load_config(config_path)
+        # The directory given is the one audited, wherever the federation file says it was.
+        cfg = load_config(config_path).model_copy(update={"workdir": workdir.resolve()})
     except ConfigError as exc:
         _fail(str(exc))
     msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"

@@ -31,7 +31,6 @@ from fl.verification import KeyCache, RoundContext, verify_round
 from ledger.aggregate import fedavg
 from ledger.artifacts import ArtifactStore
 from ledger.errors import LedgerError
-from ledger.formats import update_digest
 from ledger.protocol import Ledger
 from ledger.records import ModelCommit, RoundRecord, ScorerSpec
 from ledger.scoring import cosine_scores
@@ -115,19 +114,19 @@ class AuditedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global model with the federation, round and training settings."""
-        base_arrays = to_arrays(arrays)
-        base_model = update_digest(base_arrays)
+        config = ConfigRecord({**dict(config), **self.begin_round(server_round, to_arrays(arrays))})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Remember the round's global model; return the config every participant gets."""
+        # Stored (content-addressed, idempotent) so an auditor can recompute from it.
+        base_model = self.artifacts.put(base_arrays)
         self._base = {server_round: (base_model, base_arrays)}
         self._round_started = time.perf_counter()
         round_no = self.ledger_round(server_round)
-        config = ConfigRecord(dict(config))
-        config["federation"] = self.federation
-        config["round"] = round_no
-        config["base-model"] = base_model
-        for key, value in self.train_settings.items():
-            config[key] = value
         log.info("round_started", round=round_no, base_model=base_model)
-        return super().configure_train(server_round, arrays, config, grid)
+        return {"federation": self.federation, "round": round_no, "base-model": base_model,
+                **self.train_settings}
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

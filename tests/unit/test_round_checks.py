@@ -13,31 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 
 from fl import data as fl_data
 from fl import model as fl_model
 from fl.adversary import EXPECTED_REASON, parse_adversaries
-from fl.client_app import ClientRuntime, make_client_app
-from fl.records import to_record
+from fl.client_app import ClientRuntime
 from fl.verification import RoundContext, verify_round
 from ledger.formats import update_digest
 from ledger.pki import certificate_pem, demo_identity
 from ledger.records import Participant
+from tests.fixtures.flower import client_replies, task_identity  # noqa: F401
 
 FED = "test-fed"
 IDS = ["bank-a", "bank-b", "bank-c"]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Instruction messages take run/node ids from Flower's per-process task identity."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")
@@ -79,19 +68,10 @@ class Resolver:
         )
 
 
-def run_round(pki, base, round_no: int, adversaries: dict[str, str], states: dict[int, RecordDict],
-              base_for_ctx: dict[str, np.ndarray] | None = None) -> list[Message]:
-    app = make_client_app(Resolver(pki, adversaries))
-    replies = []
-    for index in range(3):
-        config = ConfigRecord({"federation": FED, "round": round_no, "local-epochs": 1,
-                               "learning-rate": 0.05, "batch-size": 64, "seed": 1})
-        msg = Message(RecordDict({"arrays": to_record(base), "config": config}), dst_node_id=100 + index,
-                      message_type="train")
-        ctx = Context(run_id=1, node_id=100 + index, node_config={"partition-id": index, "num-partitions": 3},
-                      state=states.setdefault(index, RecordDict()), run_config={})
-        replies.append(app(msg, ctx))
-    return replies
+def run_round(pki, base, round_no: int, adversaries: dict[str, str], states: dict[int, RecordDict]) -> list[Message]:
+    config = {"federation": FED, "round": round_no, "local-epochs": 1, "learning-rate": 0.05,
+              "batch-size": 64, "seed": 1}
+    return client_replies(Resolver(pki, adversaries), base, config, 3, states)
 
 
 def context(pki, base, round_no, **kw) -> RoundContext:

@@ -1,0 +1,114 @@
+"""The demo as a user runs it: real Flower simulation (Ray), real embedded ledger on disk.
+
+Each test starts ``fedledger`` as a subprocess, exactly like the README's commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fl.adversary import EXPECTED_REASON
+from fl.runtime import FLOWER_OFFLINE_ENV
+
+pytestmark = pytest.mark.integration
+
+
+def fedledger(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **FLOWER_OFFLINE_ENV}
+    proc = subprocess.run([sys.executable, "-m", "fl.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fedledger {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("adversarial") / "demo"
+    proc = fedledger("demo", "--workdir", str(workdir), "--adversary", "bank-c:tamper",
+                     "--adversary", "bank-b:replay", "--json")
+    return workdir, json.loads(proc.stdout)
+
+
+def test_tampered_and_replayed_updates_are_rejected_and_the_rest_accepted(adversarial):
+    _, summary = adversarial
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[0]["accepted"] == ["bank-a", "bank-b"]  # nothing to replay in round 1
+    assert rounds[0]["rejected"] == [{"participant": "bank-c", "reason": "digest_mismatch"}]
+    for r in rounds[1:]:
+        assert r["accepted"] == ["bank-a"]
+        assert r["rejected"] == [{"participant": "bank-b", "reason": "wrong_round"},
+                                 {"participant": "bank-c", "reason": "digest_mismatch"}]
+    for r in rounds:
+        assert len(r["record_tx"]) == 64 and len(r["commit_tx"]) == 64
+        assert r["commit_block"] == r["record_block"] + 1
+
+
+def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
+    workdir, _ = adversarial
+    report = json.loads(fedledger("audit", "verify", "--workdir", str(workdir), "--json").stdout)
+    assert report["ok"] is True and report["problems"] == []
+    assert report["rounds"] == 3 and report["aggregates_recomputed"] == 3
+    assert report["signatures_checked"] == 4  # 2 + 1 + 1 accepted updates
+
+    with sqlite3.connect(workdir / "ledger.db") as db:
+        key, value = next(
+            (k, v) for k, v in db.execute("SELECT key, value FROM state")
+            if bytes(k).startswith(b"\x00round\x00demo-fed\x0000000002")
+        )
+        edited = bytes(value).replace(b'"wrong_round"', b'"duplicate"')
+        assert edited != bytes(value)
+        db.execute("UPDATE state SET value = ? WHERE key = ?", (edited, key))
+    proc = fedledger("audit", "verify", "--workdir", str(workdir), "--json", check=False)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    assert any("round~demo-fed~00000002" in p for p in report["problems"])
+
+
+def test_every_adversary_kind_is_rejected_with_its_reason_in_a_real_simulation(tmp_path):
+    kinds = list(EXPECTED_REASON)  # tamper, replay, foreign-key, wrong-base, nan, shape
+    banks = [f"bank-{c}" for c in "bcdefg"]
+    args = [a for bank, kind in zip(banks, kinds) for a in ("--adversary", f"{bank}:{kind}")]
+    proc = fedledger("demo", "--workdir", str(tmp_path / "demo"), "--participants", "7", "--rounds", "2",
+                     "--json", *args)
+    summary = json.loads(proc.stdout)
+    last = summary["rounds"][-1]
+    assert last["accepted"] == ["bank-a"]
+    assert {r["participant"]: r["reason"] for r in last["rejected"]} == {
+        bank: EXPECTED_REASON[kind] for bank, kind in zip(banks, kinds)}
+    assert json.loads(fedledger("audit", "verify", "--workdir", str(tmp_path / "demo"), "--json").stdout)["ok"]
+
+
+def test_honest_demo_accuracy_rises_over_three_rounds(tmp_path):
+    summary = json.loads(fedledger("demo", "--workdir", str(tmp_path / "demo"), "--json").stdout)
+    accuracies = [r["accuracy"] for r in summary["rounds"]]
+    assert all(r["rejected"] == [] for r in summary["rounds"])
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.2
+    assert accuracies[-1] >= accuracies[0]
+
+
+def test_demo_refuses_a_bad_adversary_and_a_foreign_workdir_with_one_line(tmp_path):
+    proc = fedledger("demo", "--workdir", str(tmp_path / "d"), "--adversary", "bank-c:explode", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "KIND" in proc.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    proc = fedledger("demo", "--workdir", str(tmp_path / "mine"), check=False)
+    assert proc.returncode == 1 and "not a fedledger demo directory" in proc.stderr
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+
+
+def test_audit_of_a_missing_or_malformed_federation_file_names_the_file(tmp_path):
+    proc = fedledger("audit", "verify", "--workdir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and str(tmp_path / "federation.toml") in proc.stderr
+    (tmp_path / "federation.toml").write_text("[federation]\nrounds = 'many'\n")
+    proc = fedledger("audit", "verify", "--workdir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "federation.toml: rounds" in proc.stderr

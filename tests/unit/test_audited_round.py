@@ -1,0 +1,141 @@
+"""One audited round end to end on the embedded ledger, and what happens when it fails.
+
+The ClientApp is the real one (signing and adversary mods); the ledger is a real
+embedded ledger on disk; only Flower's transport is absent (replies are handed to
+``aggregate_train`` directly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fl.demo import SimulationResolver, demo_config, prepare_federation
+from fl.records import to_arrays
+from fl.resume import resume
+from fl.server_app import coordinator_identity, identity_paths, initial_model
+from fl.strategy import AuditedFedAvg, RoundFailed
+from ledger.artifacts import ArtifactStore
+from ledger.audit import audit_federation
+from ledger.errors import LedgerUnavailable
+from ledger.factory import open_ledger
+from ledger.formats import update_digest
+from ledger.pki import certificate_pem, load_certificate
+from ledger.records import Identity
+from tests.fixtures.flower import client_replies, task_identity  # noqa: F401
+
+SETTINGS = {"local-epochs": 1, "learning-rate": 0.05, "batch-size": 64, "seed": 3}
+
+
+@pytest.fixture
+def federation(tmp_path: Path):
+    cfg = demo_config(tmp_path / "fed", rounds=3, participants=3)
+    cfg.workdir.mkdir(parents=True)
+    prepare_federation(cfg)
+    ledger = open_ledger("embedded", cfg.ledger_path, coordinator_identity(cfg))
+    yield cfg, ledger
+    ledger.close()
+
+
+class FailingLedger:
+    """Wraps a real ledger; one write method raises as an unreachable ledger would."""
+
+    def __init__(self, inner, fail: str) -> None:
+        self.inner, self.fail = inner, fail
+
+    def __getattr__(self, name):
+        if name == self.fail:
+            def refuse(*args, **kwargs):
+                raise LedgerUnavailable(f"{name}: peer unreachable")
+            return refuse
+        return getattr(self.inner, name)
+
+
+def strategy(cfg, ledger) -> AuditedFedAvg:
+    return AuditedFedAvg(ledger=ledger, artifacts=ArtifactStore(cfg.artifacts_path), federation=cfg.id,
+                         train_settings=SETTINGS, expected_nodes=3)
+
+
+def play_round(cfg, strat: AuditedFedAvg, base, adversaries=None, server_round: int = 1):
+    config = strat.begin_round(server_round, base)
+    replies = client_replies(SimulationResolver(cfg, adversaries or {}), base, config, 3)
+    return strat.aggregate_train(server_round, replies)
+
+
+def auditor(cfg) -> Identity:
+    _, cert = identity_paths(cfg, "auditor", "AuditorMSP")
+    return Identity(msp_id="AuditorMSP", cert_pem=certificate_pem(load_certificate(cert)))
+
+
+def test_round_is_recorded_and_committed_before_the_model_is_released(federation):
+    cfg, ledger = federation
+    base = initial_model(cfg)
+    arrays, metrics = play_round(cfg, strategy(cfg, ledger), base, {"bank-c": "nan"})
+    view = ledger.get_round(cfg.id, 1)
+    assert view.commit is not None and view.commit.model == update_digest(to_arrays(arrays))
+    assert {e.participant: e.reason for e in view.record.entries} == {
+        "bank-a": None, "bank-b": None, "bank-c": "non_finite"}
+    assert view.commit.accepted == ["bank-a", "bank-b"]
+    assert all(e.score_ppm is not None for e in view.record.accepted())
+    assert metrics["num-examples"] == sum(view.commit.weights.values())
+    report = audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, ArtifactStore(cfg.artifacts_path))
+    assert report.ok, report.problems
+    assert report.signatures_checked == 2 and report.aggregates_recomputed == 1
+
+
+def test_a_failed_record_write_stops_the_round_and_releases_nothing(federation):
+    cfg, ledger = federation
+    strat = strategy(cfg, FailingLedger(ledger, "record_round"))
+    with pytest.raises(RoundFailed, match="RecordRound was not committed"):
+        play_round(cfg, strat, initial_model(cfg))
+    assert ledger.list_rounds(cfg.id) == []
+    assert strat.summaries == []
+
+
+def test_a_failed_commit_stops_the_round_and_a_restart_completes_it_from_the_ledger(federation):
+    cfg, ledger = federation
+    base = initial_model(cfg)
+    ArtifactStore(cfg.artifacts_path).put(base)
+    with pytest.raises(RoundFailed, match="CommitModel was not committed"):
+        play_round(cfg, strategy(cfg, FailingLedger(ledger, "commit_model")), base)
+    assert ledger.get_round(cfg.id, 1).commit is None
+    state = resume(ledger, cfg.id, ArtifactStore(cfg.artifacts_path), base)
+    assert state.completed == 1
+    committed = ledger.get_round(cfg.id, 1).commit
+    assert committed is not None and committed.model == state.model
+    # Resuming again changes nothing, and the next round builds on the completed one.
+    assert resume(ledger, cfg.id, ArtifactStore(cfg.artifacts_path), base).model == state.model
+    strat = strategy(cfg, ledger)
+    strat.round_offset = state.completed
+    play_round(cfg, strat, dict(state.arrays))
+    assert [v.round for v in ledger.list_rounds(cfg.id)] == [1, 2]
+    report = audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, ArtifactStore(cfg.artifacts_path))
+    assert report.ok, report.problems
+
+
+def test_a_round_where_everyone_is_rejected_commits_the_unchanged_model(federation):
+    cfg, ledger = federation
+    base = initial_model(cfg)
+    adversaries = {"bank-a": "tamper", "bank-b": "shape", "bank-c": "foreign-key"}
+    arrays, _ = play_round(cfg, strategy(cfg, ledger), base, adversaries)
+    assert update_digest(to_arrays(arrays)) == update_digest(base)
+    view = ledger.get_round(cfg.id, 1)
+    assert view.commit.accepted == [] and view.commit.model == update_digest(base)
+    assert sorted(e.reason for e in view.record.entries) == ["bad_signature", "digest_mismatch", "wrong_shape"]
+    report = audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, ArtifactStore(cfg.artifacts_path))
+    assert report.ok, report.problems
+    assert report.signatures_checked == 1  # the foreign-key rejection was re-checked
+
+
+def test_audit_finds_a_stored_update_that_was_swapped(federation):
+    cfg, ledger = federation
+    play_round(cfg, strategy(cfg, ledger), initial_model(cfg))
+    store = ArtifactStore(cfg.artifacts_path)
+    victim = ledger.get_round(cfg.id, 1).record.accepted()[0].update
+    path = store.path(victim)
+    other = store.path(ledger.get_round(cfg.id, 1).record.accepted()[1].update)
+    path.write_bytes(other.read_bytes())
+    report = audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, store)
+    assert not report.ok
+    assert any("update unavailable" in p and "hashes to" in p for p in report.problems)

@@ -42,11 +42,15 @@ class ClientRuntime:
 Resolver = Callable[[Context], ClientRuntime]
 
 
-def make_client_app(resolve: Resolver) -> ClientApp:
-    """A ClientApp whose participant, key and data come from ``resolve(context)``."""
+def make_client_app(resolve: Resolver, *, audited: bool = True) -> ClientApp:
+    """A ClientApp whose participant, key and data come from ``resolve(context)``.
+
+    ``audited=False`` leaves out the signing (and adversary) mods: plain Flower, used
+    only by the benchmark that measures what the audit layer costs.
+    """
     outer, inner = make_adversary_mods(lambda ctx: resolve(ctx).adversary)
     signing = make_signing_mod(lambda ctx: SignerSpec(resolve(ctx).participant, resolve(ctx).key))
-    app = ClientApp(mods=[outer, signing, inner])
+    app = ClientApp(mods=[outer, signing, inner] if audited else [])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

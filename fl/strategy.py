@@ -60,6 +60,7 @@ class RoundSummary:
     commit_block: int
     seconds: float  # from sending the global model to the commit of the new one
     ledger_seconds: float  # of which: waiting for RecordRound and CommitModel
+    aggregate_seconds: float = 0.0  # of which: in aggregate_train (verify, score, record, commit)
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class AuditedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Run the audited round; raise RoundFailed if the ledger does not commit."""
+        aggregate_started = time.perf_counter()
         round_no = self.ledger_round(server_round)
         base_model, base_arrays = self._base[server_round]
         replies = list(replies)
@@ -202,6 +204,7 @@ class AuditedFedAvg(FedAvg):
             ledger_seconds=ledger_seconds,
         )
         summary.seconds = time.perf_counter() - self._round_started
+        summary.aggregate_seconds = time.perf_counter() - aggregate_started
         if self.evaluate is not None:
             summary.metrics = self.evaluate(new_arrays)
         self.summaries.append(summary)

@@ -30,7 +30,7 @@ network_app = typer.Typer(help="Drive a native Hyperledger Fabric network.", no_
 app.add_typer(audit_app, name="audit")
 app.add_typer(network_app, name="network")
 
-console = Console()
+console = Console(width=max(Console().width, 132))
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -96,7 +96,7 @@ def _print_demo(summary: dict[str, Any]) -> None:
                       f"{r['model'][:16]}…", f"{r['accuracy']:.4f}")
     console.print(table)
     console.print(f"accuracy {summary['initial_accuracy']:.4f} → {summary['final_accuracy']:.4f}")
-    console.print(f"verify it: fedledger audit verify --workdir {summary['workdir']}")
+    console.print(f"verify it: ./run fedledger audit verify --workdir {summary['workdir']}")
 
 
 def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-untyped-def]

@@ -172,7 +172,9 @@ def _simulate(cfg: FederationConfig, adversaries: dict[str, str], verbose: bool)
     server_app = make_server_app(cfg, coordinator_identity(cfg), on_done=results.append)
     client_app = make_client_app(SimulationResolver(cfg, adversaries))
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        # Flower warns that run_simulation is deprecated in favour of `flwr run`; the demo
+        # keeps it because it runs the apps in-process with no app directory to install.
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     run_simulation(
         server_app=server_app,
         client_app=client_app,

@@ -19,6 +19,8 @@ FLOWER_OFFLINE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "HF_HUB_OFFLINE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Keep Ray from rewriting CUDA_VISIBLE_DEVICES for CPU-only actors (and warning).
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 

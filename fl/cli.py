@@ -27,7 +27,9 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Verify a federation as an auditor.", no_args_is_help=True)
 network_app = typer.Typer(help="Drive a native Hyperledger Fabric network.", no_args_is_help=True)
+rewards_app = typer.Typer(help="Token incentives recorded on the ledger.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(rewards_app, name="rewards")
 app.add_typer(network_app, name="network")
 
 console = Console(width=max(Console().width, 132))
@@ -96,7 +98,17 @@ def _print_demo(summary: dict[str, Any]) -> None:
                       f"{r['model'][:16]}…", f"{r['accuracy']:.4f}")
     console.print(table)
     console.print(f"accuracy {summary['initial_accuracy']:.4f} → {summary['final_accuracy']:.4f}")
+    balances = ", ".join(f"{p} {b}" for p, b in summary["balances"].items())
+    console.print(f"token balances after IssueRewards for every round: {balances}")
     console.print(f"verify it: ./run fedledger audit verify --workdir {summary['workdir']}")
+
+
+def _load_workdir_config(workdir: Path):  # type: ignore[no-untyped-def]
+    """The federation file of ``workdir``; the directory given wins over the one it names."""
+    try:
+        return load_config(workdir / "federation.toml").model_copy(update={"workdir": workdir.resolve()})
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-untyped-def]
@@ -105,12 +117,7 @@ def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-un
     from ledger.pki import certificate_pem, load_certificate
     from ledger.records import Identity
 
-    config_path = workdir / "federation.toml"
-    try:
-        # The directory given is the one audited, wherever the federation file says it was.
-        cfg = load_config(config_path).model_copy(update={"workdir": workdir.resolve()})
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _load_workdir_config(workdir)
     msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"
     _, cert = identity_paths(cfg, "auditor", msp)
     identity = Identity(msp_id=msp, cert_pem=certificate_pem(load_certificate(cert)))
@@ -198,6 +205,46 @@ def audit_participant(
                      "status": h.value.status if h.value else None} for h in history],
         "balance": balance,
     })
+
+
+@rewards_app.command("issue")
+def rewards_issue(
+    workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Coordinator: issue rewards for every committed round that has none (idempotent)."""
+    from fl.server_app import coordinator_identity
+    from ledger.errors import LedgerError
+    from ledger.factory import open_ledger
+    from ledger.incentives import issue_pending_rewards
+
+    cfg = _load_workdir_config(workdir)
+    ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+    try:
+        issued = issue_pending_rewards(ledger, cfg.id)
+    except LedgerError as exc:
+        _fail(str(exc))
+    finally:
+        ledger.close()
+    rows = [{"round": i.round, "rewards": i.rewards, "tx_id": i.receipt.tx_id} for i in issued]
+    if as_json:
+        _print_json(rows)
+    else:
+        console.print(f"issued rewards for {len(rows)} round(s)")
+        for row in rows:
+            console.print(f"  round {row['round']}: {row['rewards']} tx {row['tx_id'][:12]}…")
+
+
+@rewards_app.command("balances")
+def rewards_balances(
+    workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
+) -> None:
+    """Every participant's token balance, read as an auditor (JSON)."""
+    cfg, ledger, fed = _open_audit(workdir, None)
+    try:
+        _print_json({p.id: ledger.balance(fed, p.id) for p in ledger.participants(fed)})
+    finally:
+        ledger.close()
 
 
 _FABRIC_BLOCKED = (

@@ -23,6 +23,7 @@ from fl.config import FederationConfig, ParticipantConfig, default_participants,
 from fl.server_app import CoordinatorRun, identity_paths, initial_model
 from ledger.factory import open_ledger
 from ledger.formats import update_digest
+from ledger.incentives import issue_pending_rewards
 from ledger.pki import certificate_pem, demo_identity
 from ledger.records import FederationPolicy, Identity, ScorerSpec
 
@@ -45,6 +46,8 @@ class DemoResult:
     participants: list[str]
     adversaries: dict[str, str]
     onboarding: list[dict[str, Any]] = field(default_factory=list)
+    rewards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Machine-readable summary (issue 2: federation, ledger, rounds, final accuracy)."""
@@ -60,6 +63,8 @@ class DemoResult:
                 "record_block": s.record_block,
                 "commit_tx": s.commit_tx,
                 "commit_block": s.commit_block,
+                "rewards": self.rewards.get(s.round, {}).get("rewards"),
+                "rewards_tx": self.rewards.get(s.round, {}).get("tx_id"),
                 "accuracy": s.metrics.get("accuracy"),
                 "auc": s.metrics.get("auc"),
                 "seconds": round(s.seconds, 4),
@@ -77,6 +82,7 @@ class DemoResult:
             "onboarding": self.onboarding,
             "initial_accuracy": self.run.initial_metrics.get("accuracy"),
             "rounds": rounds,
+            "balances": self.balances,
             "final_accuracy": final,
         }
 
@@ -158,7 +164,22 @@ def run_demo(
     write_config(cfg, cfg.workdir / "federation.toml")
     onboarding = prepare_federation(cfg)
     run = _simulate(cfg, adversaries, verbose)
-    return DemoResult(cfg, run, cfg.participant_ids(), adversaries, onboarding)
+    result = DemoResult(cfg, run, cfg.participant_ids(), adversaries, onboarding)
+    _reward(cfg, result)
+    return result
+
+
+def _reward(cfg: FederationConfig, result: DemoResult) -> None:
+    """The incentive module's pass after the rounds: rewards on the ledger, balances."""
+    from fl.server_app import coordinator_identity
+
+    ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+    try:
+        for issued in issue_pending_rewards(ledger, cfg.id):
+            result.rewards[issued.round] = {"rewards": issued.rewards, "tx_id": issued.receipt.tx_id}
+        result.balances = {p: ledger.balance(cfg.id, p) for p in cfg.participant_ids()}
+    finally:
+        ledger.close()
 
 
 def _simulate(cfg: FederationConfig, adversaries: dict[str, str], verbose: bool) -> CoordinatorRun:

@@ -18,6 +18,7 @@ from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.errors import LedgerError
 from ledger.formats import FormatError, Manifest, SignatureError, update_digest, verify
+from ledger.incentives import compute_rewards
 from ledger.protocol import Ledger
 from ledger.records import Participant, RoundEntry, RoundView
 from ledger.scoring import SCORERS
@@ -34,6 +35,7 @@ class AuditReport:
     signatures_checked: int = 0
     aggregates_recomputed: int = 0
     scores_recomputed: int = 0
+    rewards_recomputed: int = 0
     blocks_checked: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ class AuditReport:
             "signatures_checked": self.signatures_checked,
             "aggregates_recomputed": self.aggregates_recomputed,
             "scores_recomputed": self.scores_recomputed,
+            "rewards_recomputed": self.rewards_recomputed,
             "blocks_checked": self.blocks_checked,
             "problems": self.problems,
         }
@@ -109,6 +112,7 @@ def _check_rejected_signature(
 def _check_round(
     view: RoundView,
     previous_model: str,
+    reward_budget: int,
     participants: dict[str, Participant],
     artifacts: ArtifactStore,
     report: AuditReport,
@@ -159,6 +163,11 @@ def _check_round(
     report.aggregates_recomputed += 1
     if recomputed != commit.model:
         report.problems.append(f"{where}: recomputed model {recomputed[:16]}… differs from committed {commit.model[:16]}…")
+    if view.rewards is not None:
+        expected_rewards = compute_rewards(record, reward_budget)
+        if {p: n for p, n in view.rewards.items() if n} != {p: n for p, n in expected_rewards.items() if n}:
+            report.problems.append(f"{where}: issued rewards {view.rewards} differ from the policy's {expected_rewards}")
+        report.rewards_recomputed += 1
     scorer = SCORERS.get(record.scorer.name)
     if scorer is not None:
         scores = scorer(base, updates)
@@ -190,7 +199,7 @@ def audit_federation(
     for expected, view in enumerate(rounds, start=1):
         if view.round != expected:
             report.problems.append(f"round {expected} is missing (found {view.round})")
-        model = _check_round(view, model, participants, artifacts, report)
+        model = _check_round(view, model, fed.policy.reward_budget, participants, artifacts, report)
         report.rounds += 1
     if integrity is not None:
         integrity(report)

@@ -50,6 +50,10 @@ def test_tampered_and_replayed_updates_are_rejected_and_the_rest_accepted(advers
     for r in rounds:
         assert len(r["record_tx"]) == 64 and len(r["commit_tx"]) == 64
         assert r["commit_block"] == r["record_block"] + 1
+        assert sum(r["rewards"].values()) == 1000 and len(r["rewards_tx"]) == 64
+    # Rejected updates earn nothing; the whole budget of every round went to accepted ones.
+    assert summary["balances"]["bank-c"] == 0
+    assert sum(summary["balances"].values()) == 3 * 1000
 
 
 def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
@@ -58,6 +62,9 @@ def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
     assert report["ok"] is True and report["problems"] == []
     assert report["rounds"] == 3 and report["aggregates_recomputed"] == 3
     assert report["signatures_checked"] == 4  # 2 + 1 + 1 accepted updates
+    assert report["rewards_recomputed"] == 3
+    issued = json.loads(fedledger("rewards", "issue", "--workdir", str(workdir), "--json").stdout)
+    assert issued == []  # the demo issued them already: a second pass changes nothing
 
     with sqlite3.connect(workdir / "ledger.db") as db:
         key, value = next(

@@ -56,7 +56,12 @@ def _verify_signature(data: bytes, signature_b64: str, cert_pem: str) -> str | N
 
 
 def check_accepted_entry(
-    entry: dict[str, Any], federation: str, round_no: int, base_model: str, cert_pem: str
+    entry: dict[str, Any],
+    federation: str,
+    round_no: int,
+    base_model: str,
+    cert_pem: str,
+    max_num_examples: int,
 ) -> None:
     """Raise ``INVALID`` unless the accepted ``entry`` is backed by a valid signed manifest."""
     who = f"accepted entry of {entry['participant']}"
@@ -65,6 +70,8 @@ def check_accepted_entry(
     for field in ("manifest", "manifest_hash", "signature", "update", "num_examples"):
         if entry[field] is None:
             raise Invalid(f"{who} lacks its {field}")
+    if not 1 <= entry["num_examples"] <= max_num_examples:
+        raise Invalid(f"{who}: num_examples {entry['num_examples']} is outside 1..{max_num_examples}")
     raw = entry["manifest"]
     try:
         manifest = parse_json(raw, f"{who}: manifest")

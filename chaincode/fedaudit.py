@@ -253,7 +253,8 @@ class FedAudit(Contract):
         msp = caller_msp(ctx)
         check_id(fed, "federation id")
         round_no = parse_round(round)
-        require_coordinator(await load_federation(ctx, fed), msp, "RecordRound")
+        federation = await load_federation(ctx, fed)
+        require_coordinator(federation, msp, "RecordRound")
         record = RECORD(parse_json(record_json, "record"), "record")
         if record["round"] != round_no:
             raise Invalid(f"record.round {record['round']} does not match round {round_no}")
@@ -265,6 +266,11 @@ class FedAudit(Contract):
         expected = 1 if chain is None else chain["last_round"] + 1
         if round_no != expected:
             raise Invalid(f"round {round_no} cannot be recorded: the next round of federation {fed} is {expected}")
+        initial = federation["policy"]["model"]
+        if chain is None and initial and record["base_model"] != initial:
+            raise Invalid(
+                f"record base_model {record['base_model']} is not the federation's initial model {initial}"
+            )
         if chain is not None and record["base_model"] != chain["model"]:
             raise Invalid(
                 f"record base_model {record['base_model']} is not the federation's current model "
@@ -289,7 +295,8 @@ class FedAudit(Contract):
                 raise Invalid(
                     f"accepted entry names participant {pid}, which is {participant['status']}, not active"
                 )
-            check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"])
+            check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"],
+                                 federation["policy"]["max_num_examples"])
         written = stamp(ctx)
         new_chain = {
             "last_committed": 0 if chain is None else chain["last_committed"],

@@ -11,8 +11,21 @@ __all__ = ["to_arrays", "to_record"]
 
 
 def to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Named numpy arrays of an ArrayRecord (raises ValueError/TypeError if undecodable)."""
-    return {name: array.numpy() for name, array in record.items()}
+    """Named numpy arrays of an ArrayRecord.
+
+    Raises TypeError when the record, or anything it decodes to, is not plain arrays
+    (an ``.npz`` archive inside an Array decodes to something else); decoding errors of
+    the bytes themselves propagate as numpy raises them.
+    """
+    if not isinstance(record, ArrayRecord):
+        raise TypeError(f"expected an ArrayRecord, got {type(record).__name__}")
+    out = {}
+    for name, array in record.items():
+        value = array.numpy()
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"array {name!r} does not decode to an ndarray")
+        out[name] = value
+    return out
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -3,22 +3,40 @@
 :func:`verify_round` turns a round's replies into ledger entries (accepted or rejected,
 each rejection with its stable reason) plus the accepted tensors. It is pure: no ledger
 call, no Flower runtime, so it is unit-tested and benchmarked on its own.
+
+One deliberate refinement of the DESIGN §4 order: ``duplicate`` is decided among replies
+that passed the digest and signature checks, and rejects *every* authenticated reply of
+a participant that sent more than one. Deciding it earlier would let any node knock an
+honest participant out by sending a forged reply in its name first, and would make the
+record depend on arrival order.
+
+Nothing a participant sends can stop the round: undecodable, mistyped or oversized
+content is recorded as ``malformed`` and the round goes on.
 """
 
 from __future__ import annotations
 
 import statistics
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fl.records import to_arrays
 from fl.signing import AUDIT_KEY
 from ledger.aggregate import WeightedUpdate
-from ledger.formats import FormatError, Manifest, SignatureError, public_key_of, update_digest, verify
+from ledger.formats import (
+    MAX_SIGNATURE_B64,
+    FormatError,
+    Manifest,
+    SignatureError,
+    public_key_of,
+    update_digest,
+    verify,
+)
 from ledger.records import Participant, RoundEntry
 
 __all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "KeyCache"]
@@ -61,6 +79,7 @@ class RoundContext:
     # as; None where the transport does not authenticate nodes (simulation).
     node_owner: Callable[[str], str | None] | None = None
     max_norm_ratio: float = 10.0
+    max_num_examples: int = 1_000_000
 
 
 @dataclass
@@ -85,44 +104,61 @@ class _Candidate:
     arrays: dict[str, np.ndarray] | None = None
 
 
-def _check(
-    reply: Message, ctx: RoundContext, seen: set[str], keys: KeyCache, cand: _Candidate
-) -> None:
-    """Run the per-reply checks in order; raise UpdateRejected at the first failure."""
+# What decoding hostile bytes can raise (numpy's loader, zip, JSON nesting, bad types).
+_DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, EOFError, OSError,
+                  zipfile.BadZipFile, RecursionError, UnicodeError)
+
+
+def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
+    """reply_error and malformed: fill ``cand`` from the reply or raise UpdateRejected."""
     if reply.has_error():
         raise UpdateRejected("reply_error", f"client error: {reply.error.reason}"[:500])
     content = reply.content
-    # -- malformed ---------------------------------------------------------------------
     try:
         audit = content[AUDIT_KEY]
-        cand.manifest_text = str(audit["manifest"])
-        signature = audit["signature"]
-        if not isinstance(signature, str):
-            raise UpdateRejected("malformed", "audit signature is not a string")
-        cand.signature = signature
-        cand.manifest = Manifest.parse(cand.manifest_text)
+        if not isinstance(audit, ConfigRecord):
+            raise UpdateRejected("malformed", "'audit' is not a ConfigRecord")
+        manifest_text, signature = audit["manifest"], audit["signature"]
+        if not isinstance(manifest_text, str) or not isinstance(signature, str):
+            raise UpdateRejected("malformed", "audit manifest and signature must be strings")
+        if len(signature) > MAX_SIGNATURE_B64:
+            raise UpdateRejected("malformed", f"signature longer than {MAX_SIGNATURE_B64} characters")
+        cand.manifest = Manifest.parse(manifest_text)  # refuses > MAX_MANIFEST_BYTES unparsed
+        cand.manifest_text, cand.signature = manifest_text, signature
         cand.participant = cand.manifest.participant
-        if len(content.array_records) != 1 or "arrays" not in content:
+        if len(content.array_records) != 1 or not isinstance(content["arrays"], ArrayRecord):
             raise UpdateRejected("malformed", "reply must carry exactly one ArrayRecord 'arrays'")
+        metrics = content["metrics"]
+        if not isinstance(metrics, MetricRecord):
+            raise UpdateRejected("malformed", "'metrics' is not a MetricRecord")
+        num_examples = metrics["num-examples"]
         cand.arrays = to_arrays(content["arrays"])
-        num_examples = content["metrics"]["num-examples"]
     except UpdateRejected:
         raise
     except FormatError as exc:
         raise UpdateRejected("malformed", f"manifest: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpdateRejected("malformed", f"reply content: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise UpdateRejected("malformed", f"reply content: {type(exc).__name__}: {exc}"[:500]) from exc
     manifest = cand.manifest
     if num_examples != manifest.num_examples:
         raise UpdateRejected("malformed", "metrics num-examples differs from the signed manifest")
-    # -- replay: wrong federation / round / base model ----------------------------------
+    if not 1 <= manifest.num_examples <= ctx.max_num_examples:
+        raise UpdateRejected(
+            "malformed", f"num_examples {manifest.num_examples} outside 1..{ctx.max_num_examples}"
+        )
+
+
+def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Candidate) -> None:
+    """Decode, then replay / identity / digest / signature checks, in DESIGN §4 order."""
+    _decode(reply, ctx, cand)
+    manifest = cand.manifest
+    assert manifest is not None and cand.arrays is not None and cand.signature is not None
     if manifest.federation != ctx.federation:
         raise UpdateRejected("wrong_federation", f"manifest federation {manifest.federation}")
     if manifest.round != ctx.round:
         raise UpdateRejected("wrong_round", f"manifest round {manifest.round}, expected {ctx.round}")
     if manifest.base_model != ctx.base_model:
         raise UpdateRejected("wrong_base_model", f"trained from {manifest.base_model[:16]}…")
-    # -- who ---------------------------------------------------------------------------
     participant = ctx.participants.get(manifest.participant)
     if participant is None:
         raise UpdateRejected("unknown_participant", f"{manifest.participant} is not registered")
@@ -136,19 +172,22 @@ def _check(
             raise UpdateRejected(
                 "node_mismatch", f"node {cand.node} authenticated as {owner}, not {manifest.participant}"
             )
-    if manifest.participant in seen:
-        raise UpdateRejected("duplicate", f"second reply from {manifest.participant}")
-    seen.add(manifest.participant)
-    # -- content -----------------------------------------------------------------------
     actual = update_digest(cand.arrays)
     if actual != manifest.update:
-        raise UpdateRejected("digest_mismatch", f"tensors hash to {actual[:16]}…, manifest says {manifest.update[:16]}…")
+        raise UpdateRejected(
+            "digest_mismatch", f"tensors hash to {actual[:16]}…, manifest says {manifest.update[:16]}…"
+        )
     try:
-        verify(manifest.to_bytes(), signature, keys.key(participant.cert_pem))
+        verify(manifest.to_bytes(), cand.signature, keys.key(participant.cert_pem))
     except SignatureError as exc:
         raise UpdateRejected(exc.reason, str(exc)) from exc
     except FormatError as exc:
         raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
+
+
+def _check_content(cand: _Candidate, ctx: RoundContext) -> None:
+    """non_finite and wrong_shape: the tensors must be usable in the aggregate."""
+    assert cand.arrays is not None
     for name, tensor in cand.arrays.items():
         if tensor.dtype.kind in "fc" and not np.all(np.isfinite(tensor)):
             raise UpdateRejected("non_finite", f"tensor {name!r} has NaN or infinite values")
@@ -159,7 +198,8 @@ def _check(
         ref = expected[name]
         if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
             raise UpdateRejected(
-                "wrong_shape", f"tensor {name!r} is {tensor.dtype}{list(tensor.shape)}, expected {ref.dtype}{list(ref.shape)}"
+                "wrong_shape",
+                f"tensor {name!r} is {tensor.dtype}{list(tensor.shape)}, expected {ref.dtype}{list(ref.shape)}",
             )
 
 
@@ -170,7 +210,7 @@ def _entry(cand: _Candidate, status: str, reason: str | None = None, detail: str
         status=status,  # type: ignore[arg-type]
         reason=reason,
         detail=detail[:512] if detail else None,
-        node=cand.node,
+        node=cand.node[:64],
         manifest=cand.manifest_text if manifest is not None else None,
         manifest_hash=manifest.hash() if manifest is not None else None,
         signature=cand.signature if manifest is not None else None,
@@ -206,17 +246,31 @@ def verify_round(
 ) -> RoundVerdict:
     """Check every reply of a round; return ledger entries and accepted updates.
 
-    Entries come sorted by (participant, node) so the recorded round does not depend on
-    the order in which replies arrived.
+    Entries come sorted by (participant, node, manifest hash) so the recorded round does
+    not depend on the order in which replies arrived.
     """
     keys = keys or KeyCache()
-    seen: set[str] = set()
     verdict = RoundVerdict()
-    passed: list[_Candidate] = []
+    authentic: list[_Candidate] = []
     for reply in replies:
         cand = _Candidate(node=str(reply.metadata.src_node_id))
         try:
-            _check(reply, ctx, seen, keys, cand)
+            _authenticate(reply, ctx, keys, cand)
+        except UpdateRejected as exc:
+            verdict.entries.append(_entry(cand, "rejected", exc.reason, exc.detail))
+            continue
+        authentic.append(cand)
+    counts: dict[str, int] = {}
+    for cand in authentic:
+        counts[cand.participant] = counts.get(cand.participant, 0) + 1
+    passed: list[_Candidate] = []
+    for cand in authentic:
+        if counts[cand.participant] > 1:
+            verdict.entries.append(_entry(cand, "rejected", "duplicate",
+                                          f"{counts[cand.participant]} signed replies from {cand.participant}"))
+            continue
+        try:
+            _check_content(cand, ctx)
         except UpdateRejected as exc:
             verdict.entries.append(_entry(cand, "rejected", exc.reason, exc.detail))
             continue
@@ -231,6 +285,6 @@ def verify_round(
         verdict.accepted.append(
             WeightedUpdate(cand.participant, cand.manifest.num_examples, cand.arrays)
         )
-    verdict.entries.sort(key=lambda e: (e.participant, e.node or ""))
+    verdict.entries.sort(key=lambda e: (e.participant, e.node or "", e.manifest_hash or "", e.reason or ""))
     verdict.accepted.sort(key=lambda u: u.participant)
     return verdict

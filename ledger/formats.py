@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 __all__ = [
     "ID_PATTERN",
     "MANIFEST_VERSION",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIGNATURE_B64",
     "P256_ORDER",
     "FormatError",
     "SignatureError",
@@ -53,6 +55,10 @@ __all__ = [
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MANIFEST_VERSION = 1
 DIGEST_MAGIC = b"FLU1"
+# A canonical manifest is about 300 bytes; anything much longer is refused unparsed.
+MAX_MANIFEST_BYTES = 1024
+# The longest base64 DER encoding of a P-256 ECDSA signature (72 bytes of DER).
+MAX_SIGNATURE_B64 = 96
 # Order of the P-256 group; signatures with s > n/2 are malleable twins and are refused.
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _HALF_ORDER = P256_ORDER // 2
@@ -169,7 +175,7 @@ class Manifest:
         for field, value in (("base_model", self.base_model), ("update", self.update)):
             if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
                 raise FormatError(f"manifest {field} must be 64 lowercase hex characters")
-        if self.v != MANIFEST_VERSION:
+        if type(self.v) is not int or self.v != MANIFEST_VERSION:
             raise FormatError(f"manifest version {self.v!r} is not supported")
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +206,8 @@ class Manifest:
         so that the signed bytes and the recorded fields can never disagree.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise FormatError(f"manifest is longer than {MAX_MANIFEST_BYTES} bytes")
         try:
             obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -265,6 +273,8 @@ def verify(
     High-S signatures are refused (``high_s``) even though ECDSA would accept them.
     """
     key = public_key_of(key_or_cert)
+    if not isinstance(signature_b64, str) or len(signature_b64) > MAX_SIGNATURE_B64:
+        raise SignatureError("bad_signature", "signature is not a base64 string of at most 96 characters")
     try:
         der = base64.b64decode(signature_b64.encode("ascii"), validate=True)
         r, s = decode_dss_signature(der)

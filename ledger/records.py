@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ledger.formats import ID_PATTERN, canonical_json
+from ledger.formats import ID_PATTERN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_B64, canonical_json
 
 __all__ = [
     "REASONS",
@@ -106,6 +106,8 @@ class FederationPolicy(Record):
 
     auditor_msps: list[str] = Field(default_factory=list)
     reward_budget: int = Field(default=1000, ge=0)
+    # Upper bound on a participant's self-reported num_examples (its FedAvg weight).
+    max_num_examples: int = Field(default=1_000_000, ge=1)
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     aggregation: str = "fedavg"
     data_schema_digest: str | None = None
@@ -151,10 +153,10 @@ class RoundEntry(Record):
     status: Literal["accepted", "rejected"]
     reason: str | None = None
     detail: str | None = Field(default=None, max_length=512)
-    node: str | None = None
-    manifest: str | None = None
+    node: str | None = Field(default=None, max_length=64)
+    manifest: str | None = Field(default=None, max_length=MAX_MANIFEST_BYTES)
     manifest_hash: str | None = Field(default=None, pattern=_HEX64)
-    signature: str | None = None
+    signature: str | None = Field(default=None, max_length=MAX_SIGNATURE_B64)
     update: str | None = Field(default=None, pattern=_HEX64)
     num_examples: int | None = Field(default=None, ge=0)
     score_ppm: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)

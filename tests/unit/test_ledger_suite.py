@@ -144,16 +144,26 @@ def test_rejected_entries_keep_the_claimed_id_even_when_it_is_not_a_participant(
     assert (entry.participant, entry.reason, entry.detail) == ("Not A Valid Id!", "malformed", "no audit record")
 
 
-def test_a_rejected_entry_with_oversized_claims_cannot_make_the_round_record_fail(world: World) -> None:
-    # Whatever a participant sends ends up in its rejected entry; the record must still commit.
+def test_a_rejected_entry_keeps_bounded_evidence_and_the_round_still_commits(world: World) -> None:
+    # Whatever a participant sends ends up in its rejected entry, within fixed bounds, so
+    # the record can never outgrow what the ledger accepts.
     junk = rejected("bank-c", "bad_signature", "x" * 512).model_copy(
-        update={"signature": "A" * 20_000, "node": "n" * 1000, "num_examples": 10**30, "update": digest("u")}
+        update={"signature": "A" * 96, "node": "n" * 64, "num_examples": 10**30, "update": digest("u")}
     )
     rec = world.record(1, ["bank-a"])
 
     world.coordinator.record_round(FED, 1, rec.model_copy(update={"entries": [*rec.entries, junk]}))
 
     assert world.auditor.get_round(FED, 1).record.entries[-1] == junk
+
+
+def test_oversized_evidence_cannot_be_put_into_an_entry() -> None:
+    import pydantic
+
+    for field, value in (("signature", "A" * 97), ("node", "n" * 65), ("manifest", "{" * 1025)):
+        with pytest.raises(pydantic.ValidationError):
+            rejected("bank-c", "malformed").model_validate(
+                {**rejected("bank-c", "malformed").model_dump(), field: value})
 
 
 def test_recording_a_round_twice_is_a_duplicate(world: World) -> None:

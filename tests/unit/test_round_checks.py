@@ -8,6 +8,7 @@ Assert: honest replies are accepted, each adversary kind is rejected with its re
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import numpy as np
@@ -116,12 +117,105 @@ def test_revoked_pending_and_unknown_participants_are_rejected_before_content_ch
     assert verdict.accepted == []
 
 
-def test_second_reply_from_one_participant_is_rejected_as_duplicate(pki, base):
+def test_two_signed_replies_from_one_participant_are_both_rejected_as_duplicate(pki, base):
     replies = run_round(pki, base, 1, {}, {})
     verdict = verify_round(replies + [replies[0]], context(pki, base, 1))
-    reasons = sorted((e.participant, e.status, e.reason) for e in verdict.entries)
-    assert ("bank-a", "rejected", "duplicate") in reasons
-    assert len(verdict.accepted) == 3
+    assert sorted((e.participant, e.reason) for e in verdict.rejected()) == [
+        ("bank-a", "duplicate"), ("bank-a", "duplicate")]
+    assert [u.participant for u in verdict.accepted] == ["bank-b", "bank-c"]
+    again = verify_round([replies[0]] + replies, context(pki, base, 1))
+    assert [e.canonical() for e in again.entries] == [e.canonical() for e in verdict.entries]
+
+
+def test_a_forged_reply_in_another_participants_name_cannot_knock_it_out(pki, base):
+    replies = run_round(pki, base, 1, {}, {})
+    honest_a = replies[0]
+    # bank-b claims to be bank-a and signs with its own key; its reply arrives first.
+    forged = _resigned(replies[1], participant="bank-a", key=pki["bank-b"][0])
+    verdict = verify_round([forged, honest_a, replies[2]], context(pki, base, 1))
+    assert {(e.participant, e.status, e.reason) for e in verdict.entries} == {
+        ("bank-a", "rejected", "bad_signature"), ("bank-a", "accepted", None), ("bank-c", "accepted", None)}
+
+
+def _resigned(reply: Message, *, key, **changes) -> Message:
+    """A copy of ``reply`` whose manifest fields are changed and re-signed with ``key``."""
+    from flwr.app import ConfigRecord
+
+    from ledger.formats import Manifest, sign
+
+    manifest = Manifest.parse(str(reply.content["audit"]["manifest"]))
+    fields = {**manifest.to_dict(), **changes}
+    text = Manifest(**fields).to_bytes() if all(type(fields[k]) is type(getattr(manifest, k)) for k in changes) else None
+    data = text if text is not None else json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    content = RecordDict(dict(reply.content.items()))
+    content["audit"] = ConfigRecord({"manifest": data.decode(), "signature": sign(data, key)})
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=int(reply.metadata.src_node_id),
+                                             message_type="train"))
+
+
+def _with(reply: Message, **records) -> Message:
+    content = RecordDict(dict(reply.content.items()))
+    for name, record in records.items():
+        content[name] = record
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=int(reply.metadata.src_node_id),
+                                             message_type="train"))
+
+
+def _hostile_replies(pki, base) -> dict[str, Message]:
+    import io
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+    reply = run_round(pki, base, 1, {}, {})[0]
+    npz = io.BytesIO()
+    np.savez(npz, x=np.zeros(2))
+    audit = reply.content["audit"]
+    return {
+        "empty array bytes": _with(reply, arrays=ArrayRecord({"w": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"")})),
+        "truncated bytes": _with(reply, arrays=ArrayRecord({"w": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"PK\x03\x04junk")})),
+        "npz inside an array": _with(reply, arrays=ArrayRecord({"w": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=npz.getvalue())})),
+        "arrays as a config record": _with(reply, arrays=ConfigRecord({"w": 1})),
+        "deeply nested manifest": _with(reply, audit=ConfigRecord({"manifest": "[" * 200_000, "signature": audit["signature"]})),
+        "oversized signature": _with(reply, audit=ConfigRecord({"manifest": audit["manifest"], "signature": "A" * 9_000_000})),
+        "signature not a string": _with(reply, audit=ConfigRecord({"manifest": audit["manifest"], "signature": 5})),
+        "metrics as a config record": _with(reply, metrics=ConfigRecord({"num-examples": 5})),
+        "no metrics": _with(reply, metrics=MetricRecord({})),
+    }
+
+
+def test_hostile_reply_content_is_recorded_as_malformed_and_never_stops_the_round(pki, base):
+    for name, reply in _hostile_replies(pki, base).items():
+        verdict = verify_round([reply], context(pki, base, 1))
+        assert [e.reason for e in verdict.entries] == ["malformed"], name
+        entry = verdict.entries[0]
+        assert entry.signature is None or len(entry.signature) <= 96, name
+        assert len(entry.canonical()) < 4096, name
+
+
+@pytest.mark.parametrize("changes", [{"num_examples": 0}, {"num_examples": 2**62}, {"v": True}, {"v": 1.0}])
+def test_signed_manifests_with_out_of_range_weight_or_odd_version_are_malformed(pki, base, changes):
+    reply = run_round(pki, base, 1, {}, {})[0]
+    resigned = _resigned(reply, key=pki["bank-a"][0], **changes)
+    if "num_examples" in changes:
+        from flwr.app import MetricRecord
+        resigned = _with(resigned, metrics=MetricRecord({"num-examples": changes["num_examples"]}))
+    verdict = verify_round([resigned], context(pki, base, 1))
+    assert [e.reason for e in verdict.entries] == ["malformed"]
+
+
+def test_high_s_signature_is_rejected_as_high_s(pki, base):
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+    from flwr.app import ConfigRecord
+
+    from ledger.formats import P256_ORDER
+
+    reply = run_round(pki, base, 1, {}, {})[0]
+    r, s = decode_dss_signature(base64.b64decode(str(reply.content["audit"]["signature"])))
+    twin = base64.b64encode(encode_dss_signature(r, P256_ORDER - s)).decode()
+    reply = _with(reply, audit=ConfigRecord({"manifest": reply.content["audit"]["manifest"], "signature": twin}))
+    assert [e.reason for e in verify_round([reply], context(pki, base, 1)).entries] == ["high_s"]
 
 
 def test_reply_from_a_node_bound_to_another_participant_is_rejected(pki, base):

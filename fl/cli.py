@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fl.config import ConfigError, load_config
+from ledger.errors import LedgerError
 from fl.runtime import configure_logging, flower_env
 
 app = typer.Typer(
@@ -120,19 +121,24 @@ def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-un
     cfg = _load_workdir_config(workdir)
     msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"
     _, cert = identity_paths(cfg, "auditor", msp)
-    identity = Identity(msp_id=msp, cert_pem=certificate_pem(load_certificate(cert)))
     if not cfg.ledger_path.exists():
         _fail(f"{cfg.ledger_path}: no ledger here")
-    return cfg, open_ledger(cfg.ledger, cfg.ledger_path, identity), federation or cfg.id
+    try:
+        identity = Identity(msp_id=msp, cert_pem=certificate_pem(load_certificate(cert)))
+        return cfg, open_ledger(cfg.ledger, cfg.ledger_path, identity), federation or cfg.id
+    except (ValueError, LedgerError) as exc:  # KeyFileError, CertificateError are ValueErrors
+        _fail(str(exc))
 
 
 @audit_app.command("verify")
 def audit_verify(
     workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
     federation: Optional[str] = typer.Option(None, help="Federation id (default: from federation.toml)."),
+    pin: list[str] = typer.Option([], help="BLOCK:HASH an earlier audit printed as the head; repeatable. "
+                                           "Catches a rewrite of every block from some point on."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Re-check signatures, digests, aggregates, scores and the ledger's own integrity."""
+    """Re-check signatures, digests, aggregates, scores, rewards and the ledger's integrity."""
     from ledger.artifacts import ArtifactStore
     from ledger.audit import AuditReport, audit_federation
 
@@ -140,10 +146,21 @@ def audit_verify(
 
     def integrity(report: AuditReport) -> None:
         verify_chain = getattr(ledger, "verify_chain", None)
-        if verify_chain is not None:
-            problems = verify_chain()
-            report.problems.extend(f"ledger: {p}" for p in problems)
-            report.blocks_checked = ledger.height() if hasattr(ledger, "height") else 0
+        if verify_chain is None:
+            report.problems.append(f"ledger: the {cfg.ledger} backend cannot prove its integrity here")
+            return
+        report.problems.extend(f"ledger: {p}" for p in verify_chain())
+        report.blocks_checked = ledger.height()
+        report.head = dict(zip(("block", "hash"), ledger.head()))
+        for spec in pin:
+            number, _, expected = spec.partition(":")
+            try:
+                actual = ledger.block(int(number))["hash"]
+            except (ValueError, LedgerError) as exc:
+                report.problems.append(f"ledger: pinned block {number} cannot be read: {exc}")
+                continue
+            if actual != expected:
+                report.problems.append(f"ledger: block {number} hashes to {actual}, pinned as {expected}")
 
     try:
         report = audit_federation(ledger, fed, ArtifactStore(cfg.artifacts_path), integrity)
@@ -156,6 +173,9 @@ def audit_verify(
         console.print(f"{status} federation {fed}: {report.rounds} rounds, {report.signatures_checked} "
                       f"signatures, {report.aggregates_recomputed} aggregates and "
                       f"{report.scores_recomputed} score sets recomputed, {report.blocks_checked} blocks")
+        if report.head:
+            console.print(f"  head block {report.head['block']} {report.head['hash']} (pin it: --pin "
+                          f"{report.head['block']}:{report.head['hash']})")
         for problem in report.problems:
             console.print(f"  - {problem}")
     if not report.ok:
@@ -169,8 +189,6 @@ def audit_round(
     federation: Optional[str] = typer.Option(None),
 ) -> None:
     """Print one round as recorded on the ledger (JSON)."""
-    from ledger.errors import LedgerError
-
     _, ledger, fed = _open_audit(workdir, federation)
     try:
         view = ledger.get_round(fed, number)
@@ -188,8 +206,6 @@ def audit_participant(
     federation: Optional[str] = typer.Option(None),
 ) -> None:
     """Print a participant's registration, history and balance (JSON)."""
-    from ledger.errors import LedgerError
-
     _, ledger, fed = _open_audit(workdir, federation)
     try:
         record = ledger.participant(fed, participant)
@@ -214,12 +230,14 @@ def rewards_issue(
 ) -> None:
     """Coordinator: issue rewards for every committed round that has none (idempotent)."""
     from fl.server_app import coordinator_identity
-    from ledger.errors import LedgerError
     from ledger.factory import open_ledger
     from ledger.incentives import issue_pending_rewards
 
     cfg = _load_workdir_config(workdir)
-    ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+    try:
+        ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+    except (ValueError, LedgerError) as exc:
+        _fail(str(exc))
     try:
         issued = issue_pending_rewards(ledger, cfg.id)
     except LedgerError as exc:

@@ -1,10 +1,10 @@
 """The institution's ClientApp: train locally, then sign what leaves (DESIGN §3).
 
-Mods, outermost first: the adversary's outer mod (demo only), the signing mod, the
-adversary's inner mod (demo only), then ``train``. Who the participant is, where its key
-and data are, comes from a *resolver* of the Flower context: in deployment from the
-SuperNode's ``--node-config`` (``participant``, ``key``, ``data``), in the demo's
-simulation from the partition id.
+The signing mod is the outermost mod, so the signature covers exactly what leaves the
+institution (the demo alone adds adversary mods around and inside it). Who the
+participant is, where its key and data are, comes from a *resolver* of the Flower
+context: in deployment from the SuperNode's ``--node-config`` (``participant``, ``key``,
+``data``), in the demo's simulation from the partition id.
 """
 
 from __future__ import annotations
@@ -42,15 +42,20 @@ class ClientRuntime:
 Resolver = Callable[[Context], ClientRuntime]
 
 
-def make_client_app(resolve: Resolver, *, audited: bool = True) -> ClientApp:
+def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: bool = False) -> ClientApp:
     """A ClientApp whose participant, key and data come from ``resolve(context)``.
 
-    ``audited=False`` leaves out the signing (and adversary) mods: plain Flower, used
-    only by the benchmark that measures what the audit layer costs.
+    The signing mod is the outermost mod. ``adversarial=True`` (demo and tests only)
+    wraps the adversary mods around and inside it so that ``resolve(ctx).adversary``
+    can misbehave; ``audited=False`` leaves out signing: plain Flower, used only by the
+    benchmark that measures what the audit layer costs.
     """
-    outer, inner = make_adversary_mods(lambda ctx: resolve(ctx).adversary)
     signing = make_signing_mod(lambda ctx: SignerSpec(resolve(ctx).participant, resolve(ctx).key))
-    app = ClientApp(mods=[outer, signing, inner] if audited else [])
+    mods = [signing] if audited else []
+    if audited and adversarial:
+        outer, inner = make_adversary_mods(lambda ctx: resolve(ctx).adversary)
+        mods = [outer, signing, inner]
+    app = ClientApp(mods=mods)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -101,7 +106,6 @@ def node_config_resolver(context: Context) -> ClientRuntime:
         participant=participant,
         key=_key(key),
         load_data=functools.partial(_csv, data),
-        adversary=str(cfg["adversary"]) if "adversary" in cfg else None,
     )
 
 

@@ -64,7 +64,7 @@ class ParticipantConfig(_Model):
     """One institution of the federation."""
 
     id: str
-    msp_id: str
+    msp_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,127}$")
     data: Path | None = None
 
     @field_validator("id")
@@ -88,8 +88,10 @@ class FederationConfig(_Model):
     data_seed: int = 7
     dirichlet_alpha: float = Field(default=0.5, gt=0)
     max_norm_ratio: float = Field(default=10.0, gt=1)
+    # Participants that must be connected before a round starts (default: all of them).
+    min_participants: int | None = Field(default=None, ge=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    participants: list[ParticipantConfig] = Field(default_factory=list)
+    participants: list[ParticipantConfig] = Field(min_length=1)
 
     @field_validator("id")
     @classmethod
@@ -97,6 +99,11 @@ class FederationConfig(_Model):
         if ID_PATTERN.fullmatch(value) is None:
             raise ValueError(f"federation id {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
         return value
+
+    @property
+    def quorum(self) -> int:
+        """How many participants a round waits for."""
+        return min(self.min_participants or len(self.participants), len(self.participants))
 
     @field_validator("participants")
     @classmethod
@@ -166,8 +173,9 @@ def write_config(config: FederationConfig, path: Path) -> None:
     """Write ``config`` as a federation TOML file (used by the demo and onboarding)."""
     lines = ["[federation]"]
     for key in ("id", "rounds", "ledger", "coordinator_msp", "reward_budget", "data_seed",
-                "dirichlet_alpha", "max_norm_ratio"):
-        lines.append(f"{key} = {_toml(getattr(config, key))}")
+                "dirichlet_alpha", "max_norm_ratio", "min_participants"):
+        if getattr(config, key) is not None:
+            lines.append(f"{key} = {_toml(getattr(config, key))}")
     lines.append(f"workdir = {_toml(str(config.workdir))}")
     lines.append(f"auditor_msps = {_toml(config.auditor_msps)}")
     lines.append("")

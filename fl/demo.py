@@ -191,7 +191,7 @@ def _simulate(cfg: FederationConfig, adversaries: dict[str, str], verbose: bool)
 
     results: list[CoordinatorRun] = []
     server_app = make_server_app(cfg, coordinator_identity(cfg), on_done=results.append)
-    client_app = make_client_app(SimulationResolver(cfg, adversaries))
+    client_app = make_client_app(SimulationResolver(cfg, adversaries), adversarial=bool(adversaries))
     if not verbose:
         # Flower warns that run_simulation is deprecated in favour of `flwr run`; the demo
         # keeps it because it runs the apps in-process with no app directory to install.

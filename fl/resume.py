@@ -18,9 +18,13 @@ from ledger.artifacts import ArtifactStore
 from ledger.protocol import Ledger
 from ledger.records import ModelCommit
 
-__all__ = ["ResumeState", "resume"]
+__all__ = ["ResumeError", "ResumeState", "resume"]
 
 log = structlog.get_logger("fedledger.coordinator")
+
+
+class ResumeError(RuntimeError):
+    """The coordinator cannot continue this federation as configured."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,21 @@ class ResumeState:
 def resume(
     ledger: Ledger, federation: str, artifacts: ArtifactStore, initial: Mapping[str, np.ndarray]
 ) -> ResumeState:
-    """Find the last committed round (completing a recorded-only round first)."""
+    """Find the last committed round (completing a recorded-only round first).
+
+    Before round 1, ``initial`` must be the model the federation was created with
+    (``policy.model``): a changed seed or architecture is refused here, not discovered
+    by an auditor after a whole run.
+    """
     rounds = ledger.list_rounds(federation)
     if not rounds:
         model = artifacts.put(initial)
+        declared = ledger.get_federation(federation).policy.model
+        if declared and declared != model:
+            raise ResumeError(
+                f"the initial model {model[:16]}… is not the one federation {federation} "
+                f"was created with ({declared[:16]}…): check the training seed and model"
+            )
         return ResumeState(0, model, initial)
     last = rounds[-1]
     if last.commit is not None:

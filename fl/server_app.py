@@ -91,6 +91,7 @@ def run_coordinator(
     ledger = open_ledger(cfg.ledger, cfg.ledger_path, identity)
     try:
         artifacts = ArtifactStore(cfg.artifacts_path)
+        policy = ledger.get_federation(cfg.id).policy
         state = resume(ledger, cfg.id, artifacts, initial_model(cfg))
         evaluate = _evaluator(cfg)
         initial_metrics = evaluate(dict(state.arrays))
@@ -110,11 +111,14 @@ def run_coordinator(
                 "seed": cfg.training.seed,
             },
             round_offset=state.completed,
-            expected_nodes=len(cfg.participants),
+            expected_nodes=cfg.quorum,
             node_owner=node_owner,
             evaluate=evaluate,
             on_round=append_jsonl(cfg.rounds_log),
             max_norm_ratio=cfg.max_norm_ratio,
+            scorer=policy.scorer,
+            aggregation=policy.aggregation,
+            max_num_examples=policy.max_num_examples,
         )
         strategy.start(grid, to_record(state.arrays), num_rounds=remaining, timeout=timeout)
         return CoordinatorRun(state.completed, strategy.summaries, initial_metrics)
@@ -145,5 +149,7 @@ app = ServerApp()
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
     """Deployment: ``run_config['config']`` names the federation TOML file."""
+    if "config" not in context.run_config:
+        raise ValueError("run config lacks 'config' (the federation TOML file)")
     cfg = load_config(Path(str(context.run_config["config"])))
     run_coordinator(grid, cfg, coordinator_identity(cfg))

@@ -28,12 +28,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from fl.records import to_arrays, to_record
 from fl.verification import KeyCache, RoundContext, verify_round
-from ledger.aggregate import fedavg
+from ledger.aggregate import AGGREGATORS
 from ledger.artifacts import ArtifactStore
 from ledger.errors import LedgerError
 from ledger.protocol import Ledger
 from ledger.records import ModelCommit, RoundRecord, ScorerSpec
-from ledger.scoring import cosine_scores
+from ledger.scoring import SCORERS
 
 __all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary"]
 
@@ -85,6 +85,8 @@ class AuditedFedAvg(FedAvg):
         on_round: Callable[[RoundSummary], None] | None = None,
         max_norm_ratio: float = 10.0,
         scorer: ScorerSpec | None = None,
+        aggregation: str = "fedavg",
+        max_num_examples: int = 1_000_000,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -102,6 +104,12 @@ class AuditedFedAvg(FedAvg):
         self.on_round = on_round
         self.max_norm_ratio = max_norm_ratio
         self.scorer = scorer or ScorerSpec(name="cosine")
+        if self.scorer.name not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer.name!r} (known: {', '.join(SCORERS)})")
+        if aggregation not in AGGREGATORS:
+            raise ValueError(f"unknown aggregation {aggregation!r} (known: {', '.join(AGGREGATORS)})")
+        self.aggregation = aggregation
+        self.max_num_examples = max_num_examples
         self.keys = KeyCache()
         self.summaries: list[RoundSummary] = []
         self._base: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
@@ -120,10 +128,10 @@ class AuditedFedAvg(FedAvg):
 
     def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Remember the round's global model; return the config every participant gets."""
+        self._round_started = time.perf_counter()
         # Stored (content-addressed, idempotent) so an auditor can recompute from it.
         base_model = self.artifacts.put(base_arrays)
         self._base = {server_round: (base_model, base_arrays)}
-        self._round_started = time.perf_counter()
         round_no = self.ledger_round(server_round)
         log.info("round_started", round=round_no, base_model=base_model)
         return {"federation": self.federation, "round": round_no, "base-model": base_model,
@@ -149,9 +157,10 @@ class AuditedFedAvg(FedAvg):
             participants=participants,
             node_owner=self.node_owner,
             max_norm_ratio=self.max_norm_ratio,
+            max_num_examples=self.max_num_examples,
         )
         verdict = verify_round(replies, ctx, self.keys)
-        scores = cosine_scores(base_arrays, verdict.accepted)
+        scores = SCORERS[self.scorer.name](base_arrays, verdict.accepted)
         entries = [
             e.model_copy(update={"score_ppm": scores[e.participant]}) if e.status == "accepted" else e
             for e in verdict.entries
@@ -170,7 +179,7 @@ class AuditedFedAvg(FedAvg):
         ledger_seconds = time.perf_counter() - ledger_started
         log.info("round_recorded", round=round_no, tx_id=record_rx.tx_id, block=record_rx.block_number,
                  accepted=len(verdict.accepted), rejected=len(verdict.rejected()))
-        new_arrays = fedavg(verdict.accepted) if verdict.accepted else base_arrays
+        new_arrays = AGGREGATORS[self.aggregation](verdict.accepted) if verdict.accepted else base_arrays
         model = self.artifacts.put(new_arrays)
         commit = ModelCommit(
             round=round_no,
@@ -178,7 +187,7 @@ class AuditedFedAvg(FedAvg):
             model=model,
             accepted=[u.participant for u in verdict.accepted],
             weights={u.participant: u.weight for u in verdict.accepted},
-            aggregation="fedavg",
+            aggregation=self.aggregation,
         )
         ledger_started = time.perf_counter()
         try:

@@ -33,6 +33,14 @@ class ArtifactCorrupted(ArtifactError):
     """A stored artifact does not hash to its name (edited or damaged)."""
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ArtifactStore:
     """Tensors stored as ``<root>/<d[:2]>/<digest>.npz`` (uncompressed, no pickles)."""
 
@@ -48,7 +56,11 @@ class ArtifactStore:
         digest = update_digest(arrays)
         target = self.path(digest)
         if target.exists():
-            return digest
+            try:
+                self.get(digest)
+                return digest
+            except ArtifactCorrupted:
+                pass  # a damaged copy: write a good one over it
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
         try:
@@ -59,7 +71,11 @@ class ArtifactStore:
                 payload = {f"t{i}": np.asarray(arrays[n]) for i, n in enumerate(names)}
                 payload["__names__"] = np.array(names, dtype=np.str_)
                 np.savez(fh, allow_pickle=False, **payload)
+                # The ledger commits durably; what it names must survive a power loss too.
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, target)
+            _fsync_dir(target.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.errors import LedgerError
 from ledger.formats import FormatError, Manifest, SignatureError, update_digest, verify
 from ledger.incentives import compute_rewards
 from ledger.protocol import Ledger
-from ledger.records import Participant, RoundEntry, RoundView
+from ledger.records import FederationPolicy, Participant, RoundEntry, RoundView
 from ledger.scoring import SCORERS
 
 __all__ = ["AuditReport", "audit_federation"]
@@ -37,6 +39,7 @@ class AuditReport:
     scores_recomputed: int = 0
     rewards_recomputed: int = 0
     blocks_checked: int = 0
+    head: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +58,7 @@ class AuditReport:
             "scores_recomputed": self.scores_recomputed,
             "rewards_recomputed": self.rewards_recomputed,
             "blocks_checked": self.blocks_checked,
+            "head": self.head,
             "problems": self.problems,
         }
 
@@ -109,10 +113,25 @@ def _check_rejected_signature(
     )
 
 
+def _check_tensors(arrays: dict[str, Any], base: dict[str, Any], where: str, report: AuditReport) -> bool:
+    """An accepted update must pass the coordinator's content checks (DESIGN §4)."""
+    if sorted(arrays) != sorted(base):
+        report.problems.append(f"{where}: accepted update's tensor names differ from the base model's")
+        return False
+    for name, tensor in arrays.items():
+        if tensor.shape != base[name].shape or tensor.dtype != base[name].dtype:
+            report.problems.append(f"{where}: accepted update's tensor {name!r} is wrongly shaped")
+            return False
+        if tensor.dtype.kind in "fc" and not np.all(np.isfinite(tensor)):
+            report.problems.append(f"{where}: accepted update's tensor {name!r} is not finite")
+            return False
+    return True
+
+
 def _check_round(
     view: RoundView,
     previous_model: str,
-    reward_budget: int,
+    policy: FederationPolicy,
     participants: dict[str, Participant],
     artifacts: ArtifactStore,
     report: AuditReport,
@@ -122,6 +141,13 @@ def _check_round(
     where = f"round {view.round}"
     if record.base_model != previous_model:
         report.problems.append(f"{where}: base model {record.base_model[:16]}… does not follow {previous_model[:16]}…")
+    if record.scorer != policy.scorer:
+        report.problems.append(f"{where}: scored with {record.scorer.name}, the policy says {policy.scorer.name}")
+    try:
+        base: dict[str, Any] | None = artifacts.get(record.base_model)
+    except ArtifactError as exc:
+        report.problems.append(f"{where}: base model unavailable: {exc}")
+        base = None
     updates: list[WeightedUpdate] = []
     for entry in record.entries:
         if entry.status == "rejected":
@@ -131,10 +157,14 @@ def _check_round(
         manifest = _check_entry(entry, view, participants, report)
         if manifest is None:
             continue
+        if not 1 <= manifest.num_examples <= policy.max_num_examples:
+            report.problems.append(f"{where} {entry.participant}: num_examples {manifest.num_examples} out of policy range")
         try:
             arrays = artifacts.get(manifest.update)
         except ArtifactError as exc:
             report.problems.append(f"{where} {entry.participant}: update unavailable: {exc}")
+            continue
+        if base is not None and not _check_tensors(arrays, base, f"{where} {entry.participant}", report):
             continue
         updates.append(WeightedUpdate(entry.participant, manifest.num_examples, arrays))
     if view.commit is None:
@@ -144,13 +174,17 @@ def _check_round(
     accepted = sorted(e.participant for e in record.entries if e.status == "accepted")
     if sorted(commit.accepted) != accepted:
         report.problems.append(f"{where}: committed participants {commit.accepted} differ from accepted {accepted}")
-    if len(updates) != len(accepted):
+    if commit.weights != {u.participant: u.weight for u in updates} and len(updates) == len(accepted):
+        report.problems.append(f"{where}: committed weights differ from the signed num_examples")
+    if commit.aggregation != policy.aggregation:
+        report.problems.append(f"{where}: aggregated with {commit.aggregation}, the policy says {policy.aggregation}")
+    if view.rewards is not None:
+        expected_rewards = compute_rewards(record, policy.reward_budget)
+        if {p: n for p, n in view.rewards.items() if n} != {p: n for p, n in expected_rewards.items() if n}:
+            report.problems.append(f"{where}: issued rewards {view.rewards} differ from the policy's {expected_rewards}")
+        report.rewards_recomputed += 1
+    if len(updates) != len(accepted) or base is None:
         return commit.model  # a problem was already reported; recomputing would mislead
-    try:
-        base = artifacts.get(record.base_model)
-    except ArtifactError as exc:
-        report.problems.append(f"{where}: base model unavailable: {exc}")
-        return commit.model
     aggregate = AGGREGATORS.get(commit.aggregation)
     if aggregate is None:
         report.problems.append(f"{where}: unknown aggregation {commit.aggregation!r}")
@@ -163,20 +197,22 @@ def _check_round(
     report.aggregates_recomputed += 1
     if recomputed != commit.model:
         report.problems.append(f"{where}: recomputed model {recomputed[:16]}… differs from committed {commit.model[:16]}…")
-    if view.rewards is not None:
-        expected_rewards = compute_rewards(record, reward_budget)
-        if {p: n for p, n in view.rewards.items() if n} != {p: n for p, n in expected_rewards.items() if n}:
-            report.problems.append(f"{where}: issued rewards {view.rewards} differ from the policy's {expected_rewards}")
-        report.rewards_recomputed += 1
     scorer = SCORERS.get(record.scorer.name)
-    if scorer is not None:
-        scores = scorer(base, updates)
-        report.scores_recomputed += 1
-        for entry in record.entries:
-            if entry.status == "accepted" and scores.get(entry.participant) != entry.score_ppm:
-                report.problems.append(
-                    f"{where} {entry.participant}: recorded score {entry.score_ppm} ≠ recomputed {scores.get(entry.participant)}"
-                )
+    if scorer is None:
+        report.problems.append(f"{where}: unknown scorer {record.scorer.name!r}: scores cannot be recomputed")
+        return commit.model
+    scores = scorer(base, updates)
+    report.scores_recomputed += 1
+    for entry in record.entries:
+        recomputed_score = scores.get(entry.participant)
+        # Scores use BLAS dot products, whose last bits may differ across machines:
+        # ±1 ppm is the documented tolerance (rewards use the recorded scores, exactly).
+        if entry.status == "accepted" and (
+            recomputed_score is None or entry.score_ppm is None or abs(recomputed_score - entry.score_ppm) > 1
+        ):
+            report.problems.append(
+                f"{where} {entry.participant}: recorded score {entry.score_ppm} ≠ recomputed {recomputed_score}"
+            )
     return commit.model
 
 
@@ -199,7 +235,7 @@ def audit_federation(
     for expected, view in enumerate(rounds, start=1):
         if view.round != expected:
             report.problems.append(f"round {expected} is missing (found {view.round})")
-        model = _check_round(view, model, fed.policy.reward_budget, participants, artifacts, report)
+        model = _check_round(view, model, fed.policy, participants, artifacts, report)
         report.rounds += 1
     if integrity is not None:
         integrity(report)

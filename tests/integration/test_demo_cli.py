@@ -119,3 +119,33 @@ def test_audit_of_a_missing_or_malformed_federation_file_names_the_file(tmp_path
     (tmp_path / "federation.toml").write_text("[federation]\nrounds = 'many'\n")
     proc = fedledger("audit", "verify", "--workdir", str(tmp_path), check=False)
     assert proc.returncode == 1 and "federation.toml: rounds" in proc.stderr
+
+
+def test_broken_auditor_certificate_or_ledger_file_gives_one_line_errors(adversarial, tmp_path):
+    import shutil
+
+    workdir, _ = adversarial
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    cert = copy / "pki" / "AuditorMSP" / "auditor.crt"
+    original = cert.read_bytes()
+    cert.write_text("not a certificate\n")
+    proc = fedledger("audit", "verify", "--workdir", str(copy), check=False)
+    assert proc.returncode == 1 and str(cert) in proc.stderr and "Traceback" not in proc.stderr
+    cert.write_bytes(original)
+    (copy / "ledger.db").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (copy / f"ledger.db{suffix}").unlink(missing_ok=True)
+    proc = fedledger("audit", "verify", "--workdir", str(copy), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+
+
+def test_pinning_an_earlier_head_catches_a_rewritten_log(adversarial):
+    workdir, _ = adversarial
+    report = json.loads(fedledger("audit", "verify", "--workdir", str(workdir), "--json", check=False).stdout)
+    head = report["head"]
+    assert head["block"] >= 16 and len(head["hash"]) == 64
+    proc = fedledger("audit", "verify", "--workdir", str(workdir), "--json", "--pin", f"{head['block']}:{'0' * 64}",
+                     check=False)
+    assert proc.returncode == 1
+    assert any(f"block {head['block']} hashes to {head['hash']}" in p for p in json.loads(proc.stdout)["problems"])

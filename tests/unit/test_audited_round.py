@@ -139,3 +139,75 @@ def test_audit_finds_a_stored_update_that_was_swapped(federation):
     report = audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, store)
     assert not report.ok
     assert any("update unavailable" in p and "hashes to" in p for p in report.problems)
+
+
+class DishonestCoordinator:
+    """A real ledger behind a coordinator that bends what it writes (the contract cannot tell)."""
+
+    def __init__(self, inner, *, record=None, commit=None) -> None:
+        self.inner, self._record, self._commit = inner, record, commit
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def record_round(self, fed, round_no, record):
+        return self.inner.record_round(fed, round_no, self._record(record) if self._record else record)
+
+    def commit_model(self, fed, round_no, commit):
+        return self.inner.commit_model(fed, round_no, self._commit(commit) if self._commit else commit)
+
+
+def audit(cfg, ledger):
+    return audit_federation(ledger.with_identity(auditor(cfg)), cfg.id, ArtifactStore(cfg.artifacts_path))
+
+
+def test_audit_catches_a_committed_model_that_is_not_the_aggregate(federation):
+    cfg, ledger = federation
+    store = ArtifactStore(cfg.artifacts_path)
+    base = initial_model(cfg)
+    forged = store.put({k: v * 2 for k, v in base.items()})
+    dishonest = DishonestCoordinator(ledger, commit=lambda c: c.model_copy(update={"model": forged}))
+    play_round(cfg, strategy(cfg, dishonest), base)
+    problems = audit(cfg, ledger).problems
+    assert any("recomputed model" in p and "differs from committed" in p for p in problems), problems
+
+
+def test_audit_catches_inflated_scores_and_rewards_that_do_not_follow_the_policy(federation):
+    cfg, ledger = federation
+
+    def inflate(record):
+        entries = [e.model_copy(update={"score_ppm": 1_000_000}) if e.participant == "bank-c" else e
+                   for e in record.entries]
+        return record.model_copy(update={"entries": entries})
+
+    play_round(cfg, strategy(cfg, DishonestCoordinator(ledger, record=inflate)), initial_model(cfg))
+    ledger.issue_rewards(cfg.id, 1, {"bank-a": 0, "bank-b": 0, "bank-c": 1000})
+    problems = audit(cfg, ledger).problems
+    assert any("bank-c: recorded score 1000000" in p for p in problems), problems
+    assert any("issued rewards" in p for p in problems), problems
+
+
+def test_audit_catches_an_honest_update_rejected_as_a_bad_signature(federation):
+    cfg, ledger = federation
+
+    def reject_c(record):
+        entries = [e.model_copy(update={"status": "rejected", "reason": "bad_signature", "score_ppm": None})
+                   if e.participant == "bank-c" else e for e in record.entries]
+        return record.model_copy(update={"entries": entries})
+
+    def drop_c(commit):
+        return commit.model_copy(update={"accepted": [p for p in commit.accepted if p != "bank-c"],
+                                         "weights": {p: w for p, w in commit.weights.items() if p != "bank-c"}})
+
+    play_round(cfg, strategy(cfg, DishonestCoordinator(ledger, record=reject_c, commit=drop_c)), initial_model(cfg))
+    problems = audit(cfg, ledger).problems
+    assert any("bank-c: rejected as bad_signature but the signature verifies" in p for p in problems), problems
+
+
+def test_a_changed_initial_model_is_refused_before_round_one(federation):
+    from fl.resume import ResumeError
+
+    cfg, ledger = federation
+    other = {k: v + 1 for k, v in initial_model(cfg).items()}
+    with pytest.raises(ResumeError, match="not the one federation demo-fed was created with"):
+        resume(ledger, cfg.id, ArtifactStore(cfg.artifacts_path), other)

@@ -1,11 +1,11 @@
 """Audit overhead: round time with the audit layer ÷ plain Flower FedAvg (goal ≤ 1.05).
 
-Both federations run in this process, one after the other, alternating, on the same
-workload: the same credit partitions, model, seeds and local training, in Flower's
+Both federations run in this process, one after the other, on the same workload: the same credit partitions, model, seeds and local training, in Flower's
 simulation engine. Plain = Flower's own FedAvg with the ClientApp's train function and no
 mods. Audited = signing mod + AuditedFedAvg + embedded ledger + artifact store. A round
-is timed from ``configure_train`` to the end of ``aggregate_train`` (for the audited
-strategy: to the ledger commit of the new model). Round 1 is a warm-up and not counted.
+is timed from ``configure_train`` (for the audited strategy: before the global model is
+hashed and stored) to the end of ``aggregate_train`` (for the audited strategy: the
+ledger commit of the new model). Round 1 is a warm-up and not counted.
 """
 
 from __future__ import annotations

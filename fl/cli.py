@@ -130,6 +130,23 @@ def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-un
         _fail(str(exc))
 
 
+def _run_audit(workdir: Path, federation: Optional[str], pins: list[str],  # type: ignore[no-untyped-def]
+               with_views: bool = False):
+    """Audit ``workdir`` as its auditor; return (config, federation, report, round views)."""
+    from ledger.artifacts import ArtifactStore
+    from ledger.audit import audit_federation, backend_integrity
+
+    cfg, ledger, fed = _open_audit(workdir, federation)
+    try:
+        report = audit_federation(ledger, fed, ArtifactStore(cfg.artifacts_path), backend_integrity(ledger, pins))
+        views = ledger.list_rounds(fed) if with_views else []
+    except LedgerError as exc:
+        _fail(str(exc))
+    finally:
+        ledger.close()
+    return cfg, fed, report, views
+
+
 @audit_app.command("verify")
 def audit_verify(
     workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
@@ -139,33 +156,7 @@ def audit_verify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Re-check signatures, digests, aggregates, scores, rewards and the ledger's integrity."""
-    from ledger.artifacts import ArtifactStore
-    from ledger.audit import AuditReport, audit_federation
-
-    cfg, ledger, fed = _open_audit(workdir, federation)
-
-    def integrity(report: AuditReport) -> None:
-        verify_chain = getattr(ledger, "verify_chain", None)
-        if verify_chain is None:
-            report.problems.append(f"ledger: the {cfg.ledger} backend cannot prove its integrity here")
-            return
-        report.problems.extend(f"ledger: {p}" for p in verify_chain())
-        report.blocks_checked = ledger.height()
-        report.head = dict(zip(("block", "hash"), ledger.head()))
-        for spec in pin:
-            number, _, expected = spec.partition(":")
-            try:
-                actual = ledger.block(int(number))["hash"]
-            except (ValueError, LedgerError) as exc:
-                report.problems.append(f"ledger: pinned block {number} cannot be read: {exc}")
-                continue
-            if actual != expected:
-                report.problems.append(f"ledger: block {number} hashes to {actual}, pinned as {expected}")
-
-    try:
-        report = audit_federation(ledger, fed, ArtifactStore(cfg.artifacts_path), integrity)
-    finally:
-        ledger.close()
+    _, fed, report, _ = _run_audit(workdir, federation, pin)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -282,6 +273,36 @@ def network_up() -> None:
 def network_status() -> None:
     """Show the Fabric network's health (not available on this machine yet)."""
     _fail(_FABRIC_BLOCKED, code=2)
+
+
+@app.command()
+def report(
+    workdir: Path = typer.Option(Path("fedledger-demo"), help="The federation's work directory."),
+    federation: Optional[str] = typer.Option(None, help="Federation id (default: from federation.toml)."),
+    round_: Optional[int] = typer.Option(None, "--round", min=1, help="Only this round (default: every round)."),
+    out: Optional[Path] = typer.Option(None, help="Directory for round-NNNN.md/.json (default: WORKDIR/reports)."),
+    pin: list[str] = typer.Option([], help="BLOCK:HASH pinned from an earlier audit; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON instead of writing files."),
+) -> None:
+    """Compliance report for every round, from the auditor's own audit of the ledger."""
+    from ledger.reports import round_report, write_reports
+
+    cfg, fed, audit, views = _run_audit(workdir, federation, pin, with_views=True)
+    msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"
+    reports = [round_report(v, audit, backend=cfg.ledger, auditor_msp=msp)
+               for v in views if round_ is None or v.round == round_]
+    if round_ is not None and not reports:
+        _fail(f"round {round_} is not on the ledger of federation {fed}")
+    if as_json:
+        _print_json(reports)
+    else:
+        paths = write_reports(reports, out or workdir / "reports")
+        for r in reports:
+            status = "[green]compliant[/]" if r["compliant"] else "[red]NOT compliant[/]"
+            console.print(f"round {r['round']}: {status}, {r['accepted']} accepted, {r['rejected']} rejected")
+        console.print(f"wrote {len(paths)} files to {(out or workdir / 'reports')}")
+    if not all(r["compliant"] for r in reports):
+        raise typer.Exit(1)
 
 
 def _mount_optional() -> None:

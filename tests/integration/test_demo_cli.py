@@ -149,3 +149,16 @@ def test_pinning_an_earlier_head_catches_a_rewritten_log(adversarial):
                      check=False)
     assert proc.returncode == 1
     assert any(f"block {head['block']} hashes to {head['hash']}" in p for p in json.loads(proc.stdout)["problems"])
+
+
+def test_report_writes_a_compliance_report_per_round(tmp_path):
+    workdir = tmp_path / "demo"
+    fedledger("demo", "--workdir", str(workdir), "--rounds", "2", "--participants", "2", "--json")
+    proc = fedledger("report", "--workdir", str(workdir))
+    assert "round 1: compliant" in proc.stdout and "round 2: compliant" in proc.stdout
+    reports = sorted((workdir / "reports").iterdir())
+    assert [p.name for p in reports] == ["round-0001.json", "round-0001.md", "round-0002.json", "round-0002.md"]
+    assert json.loads(reports[2].read_text())["compliant"] is True
+    only = json.loads(fedledger("report", "--workdir", str(workdir), "--round", "2", "--json").stdout)
+    assert [r["round"] for r in only] == [2]
+    assert fedledger("report", "--workdir", str(workdir), "--round", "9", check=False).returncode == 1

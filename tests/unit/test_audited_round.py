@@ -211,3 +211,38 @@ def test_a_changed_initial_model_is_refused_before_round_one(federation):
     other = {k: v + 1 for k, v in initial_model(cfg).items()}
     with pytest.raises(ResumeError, match="not the one federation demo-fed was created with"):
         resume(ledger, cfg.id, ArtifactStore(cfg.artifacts_path), other)
+
+
+def test_compliance_report_states_each_participant_and_the_independent_checks(federation, tmp_path):
+    from ledger.incentives import issue_pending_rewards
+    from ledger.reports import render_markdown, round_report, write_reports
+
+    cfg, ledger = federation
+    play_round(cfg, strategy(cfg, ledger), initial_model(cfg), {"bank-b": "shape"})
+    issue_pending_rewards(ledger, cfg.id)
+    report = round_report(ledger.get_round(cfg.id, 1), audit(cfg, ledger), backend="embedded",
+                          auditor_msp="AuditorMSP")
+    assert report["compliant"] is True and report["problems"] == []
+    assert {e["participant"]: (e["status"], e["reason"]) for e in report["entries"]} == {
+        "bank-a": ("accepted", None), "bank-b": ("rejected", "wrong_shape"), "bank-c": ("accepted", None)}
+    assert sum(e["reward"] for e in report["entries"]) == 1000
+    assert report["transactions"]["commit"]["block_number"] == report["transactions"]["record"]["block_number"] + 1
+    text = render_markdown(report)
+    assert "COMPLIANT" in text and "| bank-b | rejected | wrong_shape |" in text
+    paths = write_reports([report], tmp_path / "reports")
+    assert sorted(p.name for p in paths) == ["round-0001.json", "round-0001.md"]
+
+
+def test_compliance_report_of_a_forged_round_is_not_compliant(federation):
+    from ledger.reports import render_markdown, round_report
+
+    cfg, ledger = federation
+    store = ArtifactStore(cfg.artifacts_path)
+    forged = store.put({k: v * 2 for k, v in initial_model(cfg).items()})
+    play_round(cfg, strategy(cfg, DishonestCoordinator(ledger, commit=lambda c: c.model_copy(update={"model": forged}))),
+               initial_model(cfg))
+    report = round_report(ledger.get_round(cfg.id, 1), audit(cfg, ledger), backend="embedded",
+                          auditor_msp="AuditorMSP")
+    assert report["compliant"] is False
+    assert any("differs from committed" in p for p in report["problems"])
+    assert "NOT COMPLIANT" in render_markdown(report)

@@ -1,0 +1,112 @@
+"""Per-round compliance reports for auditors and compliance officers.
+
+A report states, for one round, what the ledger holds (who was accepted with which
+score and reward, who was rejected and why, the transactions and blocks that hold it)
+and what the auditor's independent re-checks found (signatures, aggregate, scores,
+rewards, ledger integrity). It is built from an :class:`~ledger.audit.AuditReport` and
+the ledger read with the auditor's own identity, rendered as Markdown and JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ledger.audit import AuditReport
+from ledger.records import RoundView
+
+__all__ = ["round_report", "render_markdown", "write_reports"]
+
+
+def round_report(view: RoundView, audit: AuditReport, *, backend: str, auditor_msp: str) -> dict[str, Any]:
+    """The compliance report of one round as a JSON-ready dict."""
+    rewards = view.rewards or {}
+    problems = audit.round_problems.get(view.round, [])
+    ledger_problems = [p for p in audit.problems if p.startswith("ledger:")]
+    entries = [
+        {
+            "participant": e.participant,
+            "status": e.status,
+            "reason": e.reason,
+            "detail": e.detail,
+            "score": None if e.score_ppm is None else e.score_ppm / 1e6,
+            "num_examples": e.num_examples,
+            "reward": rewards.get(e.participant, 0) if e.status == "accepted" else 0,
+            "manifest_hash": e.manifest_hash,
+            "update": e.update,
+        }
+        for e in view.record.entries
+    ]
+
+    def tx(receipt: Any) -> dict[str, Any] | None:
+        return None if receipt is None else receipt.model_dump(mode="json")
+
+    return {
+        "federation": view.federation,
+        "round": view.round,
+        "ledger": {"backend": backend, "head": audit.head},
+        "auditor_msp": auditor_msp,
+        "compliant": not problems and not ledger_problems and view.commit is not None,
+        "base_model": view.record.base_model,
+        "model": view.commit.model if view.commit else None,
+        "aggregation": view.commit.aggregation if view.commit else None,
+        "scorer": view.record.scorer.model_dump(mode="json"),
+        "transactions": {"record": tx(view.record_tx), "commit": tx(view.commit_tx), "rewards": tx(view.rewards_tx)},
+        "accepted": sum(1 for e in entries if e["status"] == "accepted"),
+        "rejected": sum(1 for e in entries if e["status"] == "rejected"),
+        "entries": entries,
+        "problems": problems + ledger_problems,
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A one-page Markdown rendering of :func:`round_report`'s dict."""
+    verdict = "COMPLIANT" if report["compliant"] else "NOT COMPLIANT"
+    txs = report["transactions"]
+
+    def where(t: dict[str, Any] | None) -> str:
+        return "—" if t is None else f"`{t['tx_id'][:16]}…` in block {t['block_number']}"
+
+    lines = [
+        f"# Round {report['round']} of federation `{report['federation']}` — {verdict}",
+        "",
+        f"- Ledger: {report['ledger']['backend']}, read as `{report['auditor_msp']}`; head block "
+        f"{report['ledger']['head'].get('block', '—')} `{report['ledger']['head'].get('hash', '—')}`",
+        f"- Global model: `{report['base_model']}` → `{report['model']}` ({report['aggregation']})",
+        f"- Scorer: `{report['scorer']['name']}`",
+        f"- RecordRound: {where(txs['record'])}; CommitModel: {where(txs['commit'])}; "
+        f"IssueRewards: {where(txs['rewards'])}",
+        f"- {report['accepted']} accepted, {report['rejected']} rejected",
+        "",
+        "| participant | status | reason | score | examples | reward | manifest hash |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in report["entries"]:
+        score = "" if e["score"] is None else f"{e['score']:+.6f}"
+        lines.append(
+            f"| {e['participant']} | {e['status']} | {e['reason'] or ''} | {score} | "
+            f"{e['num_examples'] if e['num_examples'] is not None else ''} | {e['reward']} | "
+            f"{(e['manifest_hash'] or '')[:16]} |"
+        )
+    lines += ["", "## Independent checks", ""]
+    if report["problems"]:
+        lines += [f"- PROBLEM: {p}" for p in report["problems"]]
+    else:
+        lines.append("- Every accepted signature verified against the registered certificate; every "
+                     "update and model re-hashed; the aggregate, the scores and the rewards recomputed "
+                     "and equal to what was committed; the ledger's hash chain intact.")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(reports: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """Write ``round-NNNN.md`` and ``round-NNNN.json`` for each report; return the paths."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for report in reports:
+        stem = directory / f"round-{report['round']:04d}"
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        stem.with_suffix(".md").write_text(render_markdown(report))
+        paths += [stem.with_suffix(".md"), stem.with_suffix(".json")]
+    return paths

@@ -47,6 +47,7 @@ __all__ = [
     "private_key_pem",
     "openssh_private_key",
     "openssh_public_key",
+    "spki_pem",
     "write_private_key",
     "write_public_file",
     "load_private_key",
@@ -129,6 +130,26 @@ def openssh_public_key(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode("ascii")
     return f"{line} {comment}" if comment else line
+
+
+def spki_pem(
+    key_or_cert: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey | x509.Certificate,
+) -> bytes:
+    """SubjectPublicKeyInfo PEM of a P-256 key: how Flower stores a SuperNode's key
+    (``NodeInfo.public_key``), so a node can be matched to a ledger certificate."""
+    if isinstance(key_or_cert, x509.Certificate):
+        public = key_or_cert.public_key()
+    elif isinstance(key_or_cert, ec.EllipticCurvePrivateKey):
+        public = key_or_cert.public_key()
+    else:
+        public = key_or_cert
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+        public.curve, ec.SECP256R1
+    ):
+        raise CertificateError(f"key is not ECDSA P-256 ({_describe_key(public)})")
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> Path:

@@ -498,3 +498,4 @@ def test_demo_identity_is_stable_across_calls_and_distinct_across_orgs(tmp_path:
     assert ca_b != ca_1
     with pytest.raises(pki.CertificateError):
         pki.validate_participant_cert(cert_b, ca_1)
+

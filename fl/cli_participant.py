@@ -1,0 +1,250 @@
+"""``fedledger participant …``: keys, the demo org CA, and registration on the ledger.
+
+Thin commands: parse → :mod:`fl.onboarding` → print (a line for people, ``--json`` for
+machines). A failure prints ``error: <one line>`` on stderr and exits 1.
+
+Ledger commands find the ledger, federation and default identities in the federation
+file (``--config``, default ``./federation.toml``, env ``FEDLEDGER_CONFIG``); ``--ledger``
+and ``--federation`` override it, ``--msp-id`` and ``--identity-cert`` name the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from fl import onboarding
+from fl.config import ConfigError, FederationConfig, load_config
+from ledger.errors import LedgerError
+from ledger.formats import FormatError
+
+__all__ = ["participant_app"]
+
+participant_app = typer.Typer(
+    help="Onboard institutions: keys, demo org CA, register / admit / revoke / list.",
+    no_args_is_help=True,
+)
+ca_app = typer.Typer(help="A small org CA for demos and tests (use your own CA in production).",
+                     no_args_is_help=True)
+participant_app.add_typer(ca_app, name="ca")
+
+_ERRORS = (ValueError, LedgerError, OSError)  # KeyFileError, CertificateError, ConfigError… are ValueErrors
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Every expected failure becomes ``error: …`` and exit 1 (no traceback)."""
+    try:
+        yield
+    except _ERRORS as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _fail(text)
+
+
+def _emit(as_json: bool, payload: dict[str, Any], human: Callable[[], str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        typer.echo(human())
+
+
+# Shared options ----------------------------------------------------------------------
+ConfigOpt = typer.Option(Path("federation.toml"), "--config", envvar="FEDLEDGER_CONFIG",
+                         help="Federation file (ledger, federation id, identity locations).")
+LedgerOpt = typer.Option(None, "--ledger", help="Ledger location (embedded: the SQLite file).")
+BackendOpt = typer.Option(None, "--backend", help="Ledger backend: embedded or fabric.")
+FederationOpt = typer.Option(None, "--federation", help="Federation id.")
+MspOpt = typer.Option(None, "--msp-id", envvar="FEDLEDGER_MSP_ID", help="The caller's MSP id.")
+IdentityOpt = typer.Option(None, "--identity-cert", envvar="FEDLEDGER_IDENTITY_CERT",
+                           help="The caller's X.509 certificate (PEM).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document.")
+
+
+def _load_optional(config: Path, needed: bool) -> FederationConfig | None:
+    if config.exists():
+        return load_config(config.resolve())
+    if needed:
+        raise ConfigError(f"{config}: file not found (give --config, or --ledger and --federation)")
+    return None
+
+
+def _target(config: Path, ledger: Optional[Path], backend: Optional[str],
+            federation: Optional[str]) -> tuple[onboarding.LedgerTarget, FederationConfig | None]:
+    cfg = _load_optional(config, needed=ledger is None or federation is None)
+    base = onboarding.LedgerTarget.from_config(cfg) if cfg else None
+    target = onboarding.LedgerTarget(
+        kind=backend or (base.kind if base else "embedded"),
+        location=ledger or (base.location if base else Path()),
+        federation=federation or (base.federation if base else ""),
+    )
+    return target, cfg
+
+
+def _coordinator_identity(cfg: FederationConfig | None, msp_id: Optional[str],
+                          identity_cert: Optional[Path]):  # type: ignore[no-untyped-def]
+    msp = msp_id or (cfg.coordinator_msp if cfg else None)
+    if msp is None:
+        raise ConfigError("--msp-id is required without a federation file")
+    cert = identity_cert or (onboarding.default_identity_cert(cfg.workdir, "coordinator", msp) if cfg else None)
+    if cert is None:
+        raise ConfigError("--identity-cert is required without a federation file")
+    return onboarding.identity_from_cert(msp, cert)
+
+
+# Keys and CA -------------------------------------------------------------------------
+@participant_app.command("keygen")
+def keygen_cmd(
+    participant: str = typer.Option(..., "--participant", "-p", help="Participant id (CN of the CSR)."),
+    org: Optional[str] = typer.Option(None, "--org", help="Organisation / MSP id (O of the CSR)."),
+    out: Path = typer.Option(Path("."), "--out", help="Directory for the key, OpenSSH key and CSR."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing key."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a P-256 key (PEM and OpenSSH, mode 0600) and a CSR for a participant."""
+    with _one_line_errors():
+        files = onboarding.keygen(out, participant, org, overwrite=force)
+    payload = {"participant": participant, "key": str(files.key), "openssh_key": str(files.openssh_key),
+               "openssh_public": str(files.openssh_public), "csr": str(files.csr)}
+    _emit(as_json, payload, lambda: f"key {files.key} (0600), node key {files.openssh_key}, CSR {files.csr}")
+
+
+@ca_app.command("init")
+def ca_init_cmd(
+    org: str = typer.Option(..., "--org", help="Organisation / MSP id of the CA."),
+    directory: Path = typer.Option(Path("ca"), "--dir", help="Where ca.key and ca.crt go."),
+    name: Optional[str] = typer.Option(None, "--name", help="CA common name (default ca.<org>)."),
+    days: int = typer.Option(3650, "--days", min=1, help="Validity in days."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing CA."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a self-signed P-256 org CA (demo and tests)."""
+    with _one_line_errors():
+        files = onboarding.ca_init(directory, org, common_name=name, days=days, overwrite=force)
+    payload = {"key": str(files.key), "cert": str(files.cert), "subject": files.subject,
+               "not_after": files.not_after}
+    _emit(as_json, payload, lambda: f"CA {files.subject}: {files.cert} (key {files.key}, 0600)")
+
+
+@ca_app.command("sign")
+def ca_sign_cmd(
+    csr: Path = typer.Option(..., "--csr", help="The participant's CSR."),
+    ca_dir: Path = typer.Option(Path("ca"), "--ca-dir", help="Directory with ca.key and ca.crt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Certificate file (default: CSR name .crt)."),
+    days: int = typer.Option(365, "--days", min=1, help="Validity in days."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign a participant CSR (P-256 only) into a certificate of this CA."""
+    target = out or csr.with_suffix(".crt")
+    with _one_line_errors():
+        cert = onboarding.ca_sign(ca_dir, csr, target, days=days)
+    payload = {"cert": str(target), "subject": cert.subject.rfc4514_string(),
+               "issuer": cert.issuer.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
+    _emit(as_json, payload, lambda: f"certificate {target}: {payload['subject']} until {payload['not_after']}")
+
+
+# Ledger ------------------------------------------------------------------------------
+def _parse_meta(items: list[str]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FormatError(f"--meta {item!r} must be KEY=VALUE")
+        meta[key] = value
+    return meta
+
+
+@participant_app.command("register")
+def register_cmd(
+    participant: str = typer.Option(..., "--participant", "-p", help="Participant id."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="The participant's certificate."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="Org CA certificate to check against."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The private key, to check it matches."),
+    meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE stored with the registration."),
+    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
+    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Register an institution's certificate on the ledger, as that institution's org."""
+    with _one_line_errors():
+        target, cfg = _target(config, ledger, backend, federation)
+        entry = next((p for p in cfg.participants if p.id == participant), None) if cfg else None
+        msp = msp_id or (entry.msp_id if entry else None)
+        if msp is None:
+            raise ConfigError(f"--msp-id is required ({participant} is not in the federation file)")
+        org_dir = cfg.workdir / "pki" / msp if cfg else None
+        cert_path = cert or (org_dir / f"{participant}.crt" if org_dir else None)
+        if cert_path is None:
+            raise ConfigError("--cert is required without a federation file")
+        if ca_cert is None and org_dir is not None and (org_dir / "ca" / "ca.crt").exists():
+            ca_cert = org_dir / "ca" / "ca.crt"
+        identity = onboarding.identity_from_cert(msp, identity_cert or cert_path)
+        receipt = onboarding.register(target, identity, participant, cert_path, ca_cert_path=ca_cert,
+                                      key_path=key, meta={"org": msp, **_parse_meta(meta)})
+    payload = {"participant": participant, "federation": target.federation, "msp_id": msp,
+               "status": "pending", **receipt.model_dump()}
+    _emit(as_json, payload, lambda: f"{participant} registered (pending) tx {receipt.tx_id} block {receipt.block_number}")
+
+
+@participant_app.command("admit")
+def admit_cmd(
+    participant: str = typer.Argument(..., help="Participant id."),
+    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
+    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Coordinator: admit a registered participant (status active)."""
+    with _one_line_errors():
+        target, cfg = _target(config, ledger, backend, federation)
+        receipt = onboarding.admit(target, _coordinator_identity(cfg, msp_id, identity_cert), participant)
+    payload = {"participant": participant, "federation": target.federation, "status": "active",
+               **receipt.model_dump()}
+    _emit(as_json, payload, lambda: f"{participant} admitted tx {receipt.tx_id} block {receipt.block_number}")
+
+
+@participant_app.command("revoke")
+def revoke_cmd(
+    participant: str = typer.Argument(..., help="Participant id."),
+    reason: str = typer.Option("revoked by the coordinator", "--reason", help="Why (recorded)."),
+    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
+    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Coordinator: revoke a participant (refused from the next round on)."""
+    with _one_line_errors():
+        target, cfg = _target(config, ledger, backend, federation)
+        receipt = onboarding.revoke(target, _coordinator_identity(cfg, msp_id, identity_cert), participant, reason)
+    payload = {"participant": participant, "federation": target.federation, "status": "revoked",
+               "reason": reason, **receipt.model_dump()}
+    _emit(as_json, payload, lambda: f"{participant} revoked tx {receipt.tx_id} block {receipt.block_number}")
+
+
+@participant_app.command("list")
+def list_cmd(
+    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
+    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+) -> None:
+    """List the federation's participants with status, org and key fingerprint."""
+    with _one_line_errors():
+        target, cfg = _target(config, ledger, backend, federation)
+        rows = [onboarding.participant_summary(p)
+                for p in onboarding.list_participants(target, _coordinator_identity(cfg, msp_id, identity_cert))]
+
+    def table() -> str:
+        if not rows:
+            return f"no participants in {target.federation}"
+        lines = [f"{'participant':<20} {'status':<8} {'msp':<16} key sha256"]
+        lines += [f"{r['id']:<20} {r['status']:<8} {r['msp_id']:<16} {r.get('key_sha256', '?')[:16]}" for r in rows]
+        return "\n".join(lines)
+
+    _emit(as_json, {"federation": target.federation, "participants": rows}, table)

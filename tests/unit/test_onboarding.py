@@ -1,0 +1,172 @@
+"""Onboarding: an institution registers its own certificate; the coordinator admits or
+revokes; the CLI prints one JSON document or one error line."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fl import onboarding
+from fl.cli_participant import participant_app
+from ledger import pki
+from ledger.errors import AccessDenied, TransactionRejected
+from ledger.records import FederationPolicy
+
+FED = "fed-1"
+
+
+@pytest.fixture()
+def world(tmp_path: Path):
+    """A ledger with a federation, a coordinator identity, and bank-a's org PKI on disk."""
+    root = tmp_path / "pki"
+    _, coord_cert, _ = pki.demo_identity(root, "coordinator", "CoordinatorMSP")
+    coordinator = onboarding.identity_from_cert("CoordinatorMSP", root / "CoordinatorMSP" / "coordinator.crt")
+    target = onboarding.LedgerTarget("embedded", tmp_path / "ledger.db", FED)
+    with onboarding.open_target(target, coordinator) as ledger:
+        ledger.init_federation(FED, FederationPolicy())
+    pki.demo_identity(root, "bank-a", "BankAMSP")
+    bank_dir = root / "BankAMSP"
+    bank = onboarding.identity_from_cert("BankAMSP", bank_dir / "bank-a.crt")
+    return target, coordinator, bank, bank_dir
+
+
+def _status(target, identity, participant: str) -> str:
+    return {p.id: p.status for p in onboarding.list_participants(target, identity)}[participant]
+
+
+def test_an_institution_registers_then_is_admitted_then_revoked(world) -> None:
+    target, coordinator, bank, bank_dir = world
+
+    reg = onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt",
+                              ca_cert_path=bank_dir / "ca" / "ca.crt", key_path=bank_dir / "bank-a.key")
+    pending = _status(target, coordinator, "bank-a")
+    adm = onboarding.admit(target, coordinator, "bank-a")
+    active = _status(target, coordinator, "bank-a")
+    rev = onboarding.revoke(target, coordinator, "bank-a", "left the consortium")
+
+    assert (pending, active, _status(target, coordinator, "bank-a")) == ("pending", "active", "revoked")
+    assert reg.block_number < adm.block_number < rev.block_number
+
+
+def test_registering_a_certificate_for_another_participant_id_is_refused_locally(world) -> None:
+    target, _, bank, bank_dir = world
+
+    with pytest.raises(pki.CertificateError, match="CN is 'bank-a', not participant 'bank-b'"):
+        onboarding.register(target, bank, "bank-b", bank_dir / "bank-a.crt")
+
+
+def test_registering_with_a_key_that_is_not_the_certificates_is_refused(world, tmp_path: Path) -> None:
+    target, _, bank, bank_dir = world
+    other = pki.write_private_key(tmp_path / "other.key", pki.generate_key())
+
+    with pytest.raises(pki.CertificateError, match="private key does not match"):
+        onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt", key_path=other)
+
+
+def test_registering_a_certificate_from_another_ca_is_refused_locally(world, tmp_path: Path) -> None:
+    target, _, bank, bank_dir = world
+    foreign = pki.init_ca("BankAMSP")  # same name, different key
+    foreign.save(tmp_path / "foreign")
+
+    with pytest.raises(pki.CertificateError, match="authority key identifier"):
+        onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt",
+                            ca_cert_path=tmp_path / "foreign" / "ca.crt")
+
+
+def test_registering_as_another_org_is_refused_by_the_contract(world) -> None:
+    target, coordinator, _, bank_dir = world
+
+    with pytest.raises(AccessDenied):
+        onboarding.register(target, coordinator, "bank-a", bank_dir / "bank-a.crt")
+
+
+def test_only_the_coordinator_may_admit(world) -> None:
+    target, _, bank, bank_dir = world
+    onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt")
+
+    with pytest.raises(AccessDenied):
+        onboarding.admit(target, bank, "bank-a")
+
+
+def test_admitting_an_unknown_participant_is_rejected(world) -> None:
+    target, coordinator, _, _ = world
+
+    with pytest.raises(TransactionRejected):
+        onboarding.admit(target, coordinator, "bank-z")
+
+
+def test_ca_init_refuses_to_replace_an_existing_ca(tmp_path: Path) -> None:
+    onboarding.ca_init(tmp_path / "ca", "BankAMSP")
+    before = (tmp_path / "ca" / "ca.crt").read_bytes()
+
+    with pytest.raises(pki.KeyFileError, match="a CA exists already"):
+        onboarding.ca_init(tmp_path / "ca", "BankAMSP")
+    assert (tmp_path / "ca" / "ca.crt").read_bytes() == before
+
+
+def test_participant_summary_shows_status_org_and_key_fingerprint(world) -> None:
+    target, coordinator, bank, bank_dir = world
+    onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt")
+
+    [summary] = [onboarding.participant_summary(p) for p in onboarding.list_participants(target, coordinator)]
+
+    assert summary["id"] == "bank-a" and summary["status"] == "pending" and summary["msp_id"] == "BankAMSP"
+    assert len(summary["key_sha256"]) == 64
+    assert "cert_pem" not in summary
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def _json(result) -> dict:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path: Path) -> None:
+    target, _, _, _ = world
+    common = ["--ledger", str(target.location), "--federation", FED]
+    coord = ["--msp-id", "CoordinatorMSP", "--identity-cert",
+             str(tmp_path / "pki" / "CoordinatorMSP" / "coordinator.crt")]
+
+    ca = _json(runner.invoke(participant_app, ["ca", "init", "--org", "BankBMSP", "--dir", str(tmp_path / "ca"), "--json"]))
+    keys = _json(runner.invoke(participant_app, ["keygen", "-p", "bank-b", "--org", "BankBMSP",
+                                                 "--out", str(tmp_path / "keys"), "--json"]))
+    cert = _json(runner.invoke(participant_app, ["ca", "sign", "--csr", keys["csr"], "--ca-dir",
+                                                 str(tmp_path / "ca"), "--json"]))
+    reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-b", "--cert", cert["cert"],
+                                                "--key", keys["key"], "--ca-cert", ca["cert"],
+                                                "--msp-id", "BankBMSP", *common, "--json"]))
+    adm = _json(runner.invoke(participant_app, ["admit", "bank-b", *common, *coord, "--json"]))
+    listed = _json(runner.invoke(participant_app, ["list", *common, *coord, "--json"]))
+
+    assert stat.S_IMODE(Path(keys["key"]).stat().st_mode) == 0o600
+    assert cert["subject"] == "CN=bank-b,O=BankBMSP"
+    assert reg["status"] == "pending" and adm["status"] == "active"
+    assert [(p["id"], p["status"]) for p in listed["participants"]] == [("bank-b", "active")]
+
+
+def test_cli_failure_is_one_error_line_and_exit_1(world, tmp_path: Path) -> None:
+    target, _, _, bank_dir = world
+    (bank_dir / "bank-a.key").chmod(0o644)
+
+    result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--cert", str(bank_dir / "bank-a.crt"),
+                                             "--key", str(bank_dir / "bank-a.key"), "--msp-id", "BankAMSP",
+                                             "--ledger", str(target.location), "--federation", FED])
+
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and "too open" in result.stderr
+
+
+def test_cli_ledger_commands_without_a_federation_file_say_what_is_missing(tmp_path: Path) -> None:
+    result = runner.invoke(participant_app, ["list", "--config", str(tmp_path / "nope.toml")])
+
+    assert result.exit_code == 1
+    assert "nope.toml: file not found" in result.stderr

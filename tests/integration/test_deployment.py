@@ -1,0 +1,271 @@
+"""Deployment mode for real: a coordinator and three institutions as separate processes on
+127.0.0.1, TLS and SuperNode authentication, two audited rounds on the embedded ledger,
+one institution revoked between the rounds, one node with an unregistered key refused,
+and every process stopped by pid at the end.
+
+The rounds run in two coordinator runs (``--rounds 1`` then ``--rounds 2``) so that the
+revocation falls exactly between them; the second run also proves that a restarted
+coordinator resumes from the last ``CommitModel`` (round 2 follows round 1, nothing twice).
+
+``FEDLEDGER_DEPLOY_TEST_APP`` may name another Flower app directory (default: this project).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fl import onboarding
+from fl.config import FederationConfig, ParticipantConfig, TrainingConfig, msp_for, write_config
+from fl.deploy import processes
+from fl.deploy.settings import project_root
+from fl.runtime import FLOWER_OFFLINE_ENV
+from ledger import pki
+from ledger.factory import open_ledger
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+BANKS = ("bank-a", "bank-b", "bank-c")
+FED = "deploy-fed"
+APP = Path(os.environ.get("FEDLEDGER_DEPLOY_TEST_APP") or project_root())
+
+
+def _free_port(taken: set[int]) -> int:
+    """A free port in this suite's range 19000-19999."""
+    for port in random.sample(range(19000, 20000), 1000):
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError("no free port in 19000-19999")
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, what: str, on_timeout: Callable[[], str] = str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_timeout()}")
+
+
+class Deployment:
+    """A federation work directory plus the CLI, and every pid it ever started."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.config = workdir / "federation.toml"
+        self.env = {**os.environ, **FLOWER_OFFLINE_ENV, "FEDLEDGER_CONFIG": str(self.config)}
+        self.pids: set[int] = set()
+        self.runtime_ports: dict[str, int] = {}
+        self.cfg: FederationConfig | None = None
+        self.deployment_toml = ""
+
+    def write_config(self, **changes: Any) -> None:
+        """(Re)write the federation file: ``[federation]`` with ``changes``, then ``[deployment]``."""
+        assert self.cfg is not None
+        self.cfg = self.cfg.model_copy(update=changes)
+        write_config(self.cfg, self.config)
+        with self.config.open("a", encoding="utf-8") as fh:
+            fh.write(self.deployment_toml)
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run ``fedledger <args>`` as its own process."""
+        return subprocess.run([sys.executable, "-m", "fl.cli", *args], cwd=self.workdir, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def cli_json(self, *args: str) -> dict[str, Any]:
+        result = self.cli(*args, "--json")
+        assert result.returncode == 0, f"fedledger {' '.join(args)} failed:\n{result.stderr}\n{result.stdout}"
+        return json.loads(result.stdout)
+
+    def state(self, *parts: str) -> dict[str, Any]:
+        state = processes.read_json(self.workdir.joinpath(*parts, "state.json")) or {}
+        self.remember(state)
+        return state
+
+    def remember(self, state: dict[str, Any]) -> None:
+        """Note every pid a service reports, and their descendants while they live."""
+        for key in ("pid", "superlink_pid", "run_pid", "supernode_pid"):
+            if state.get(key):
+                pid = int(state[key])
+                self.pids.add(pid)
+                self.pids.update(processes.descendants(pid))
+
+    def coordinator_log(self) -> str:
+        root = self.workdir / "coordinator"
+        return "\n".join(f"--- {name}\n{processes.tail(root / name, 40)}"
+                         for name in ("service.log", "run.log", "superlink.log"))
+
+    def wait_coordinator_done(self, timeout: float) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            state = self.state("coordinator")
+            return state if state.get("status") in ("stopped", "failed") else None
+
+        return _wait_for(done, timeout, "the coordinator run to finish", self.coordinator_log)
+
+
+@pytest.fixture()
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A federation of three admitted banks on an embedded ledger; stops every process at the end."""
+    dep = Deployment(tmp_path)
+    ports: set[int] = set()
+    data = tmp_path / "data"
+    cfg = FederationConfig(
+        id=FED, rounds=2, workdir=tmp_path,
+        training=TrainingConfig(local_epochs=1),
+        participants=[ParticipantConfig(id=b, msp_id=msp_for(b), data=data / f"{b}.csv") for b in BANKS],
+    )
+    dep.cfg = cfg
+    dep.deployment_toml = (f'\n[deployment]\nhost = "127.0.0.1"\nport = {_free_port(ports)}\n'
+                           f'sync_interval = 1.0\napp = {json.dumps(str(APP))}\n')
+    dep.write_config()
+    dep.runtime_ports = {b: _free_port(ports) for b in (*BANKS, "rogue")}
+
+    from fl import data as fl_data
+    from fl.deploy.federation import init_federation
+
+    fl_data.write_partitions_csv(fl_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
+                                 data, list(BANKS))
+    pki_dir = tmp_path / "pki"
+    pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
+    coordinator = onboarding.identity_from_cert(cfg.coordinator_msp, pki_dir / cfg.coordinator_msp / "coordinator.crt")
+    init_federation(cfg, coordinator)
+    target = onboarding.LedgerTarget.from_config(cfg)
+    for participant in cfg.participants:
+        pki.demo_identity(pki_dir, participant.id, participant.msp_id)
+        org = pki_dir / participant.msp_id
+        own = onboarding.identity_from_cert(participant.msp_id, org / f"{participant.id}.crt")
+        onboarding.register(target, own, participant.id, org / f"{participant.id}.crt",
+                            ca_cert_path=org / "ca" / "ca.crt", key_path=org / f"{participant.id}.key")
+        onboarding.admit(target, coordinator, participant.id)
+    pki.keygen(tmp_path / "rogue", "rogue", "RogueMSP")  # a key no ledger entry vouches for
+
+    yield dep
+
+    # Stop every service by pid (their own stop handles their Flower children), then
+    # anything a service reported that is somehow still alive, then check none is.
+    for name in (*BANKS, "rogue"):
+        dep.remember(dep.state("clients", name))
+        dep.cli("client", "stop", "-p", name, timeout=60)
+    dep.remember(dep.state("coordinator"))
+    dep.cli("coordinator", "stop", timeout=60)
+    for pid in sorted(dep.pids):
+        processes.stop(pid, timeout=5)
+    alive = [pid for pid in sorted(dep.pids) if processes.pid_alive(pid)]
+    assert alive == [], f"processes still alive after the test: {alive}"
+
+
+def _start_client(dep: Deployment, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    port = str(dep.runtime_ports[name])
+    result = dep.cli("client", "start", "-p", name, "--detach", "--json", "--runtime-port", port, *extra)
+    dep.state("clients", name)
+    return result
+
+
+def _turned_away(dep: Deployment, name: str) -> bool:
+    """The institution's SuperNode has stopped and its service no longer runs."""
+    state = dep.state("clients", name)
+    return state.get("status") not in ("running", "starting") and not processes.pid_alive(
+        int(state.get("supernode_pid") or 0))
+
+
+def _run_finished(dep: Deployment) -> dict[str, Any] | None:
+    """The coordinator's state once its run has finished (it keeps serving)."""
+    state = dep.state("coordinator")
+    return state if str(state.get("run_status", "")).startswith("finished") else None
+
+
+def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and_a_revocation(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+
+    # Round 1: coordinator (SuperLink with TLS + node auth) and three authenticated nodes.
+    started = dep.cli_json("coordinator", "start", "--detach", "--rounds", "1", "--exit-after-run")
+    dep.remember(started)
+    assert started["status"] == "running"
+    assert set(started["nodes"]) == set(BANKS)  # admitted keys registered with the SuperLink
+    # A node whose key the ledger does not vouch for is refused at the transport.
+    rogue = _start_client(dep, "rogue", "--key", str(dep.workdir / "rogue" / "rogue.key"),
+                          "--data", str(dep.workdir / "data" / "bank-a.csv"))
+    assert rogue.returncode == 3, rogue.stderr
+    assert "refused" in rogue.stderr
+    assert "Exit Code: 305" in (dep.workdir / "clients" / "rogue" / "supernode.log").read_text()
+
+    node_ids = {}
+    for bank in BANKS:
+        result = _start_client(dep, bank)
+        assert result.returncode == 0, result.stderr
+        node_ids[bank] = json.loads(result.stdout)["node_id"]
+        assert node_ids[bank], f"{bank} did not connect\n{dep.coordinator_log()}"
+    assert node_ids == started["nodes"]  # each node authenticated with its institution's key
+
+
+    first = dep.wait_coordinator_done(420)
+    assert first["status"] == "stopped" and first["run_status"] == "finished:completed", dep.coordinator_log()
+
+    # Between the rounds the coordinator revokes bank-c on the ledger.
+    revoked = dep.cli_json("participant", "revoke", "bank-c", "--reason", "integration test")
+    assert revoked["status"] == "revoked"
+
+    # Two institutions remain active: the quorum a round waits for shrinks with the
+    # revocation, so no operator step is needed.
+
+    # Round 2: the restarted coordinator unregisters bank-c's key; its node is turned away.
+    second_start = dep.cli_json("coordinator", "start", "--detach", "--rounds", "2")
+    dep.remember(second_start)
+    # Registered node keys live in the SuperLink database: same node ids after the restart.
+    assert second_start["nodes"] == {b: node_ids[b] for b in ("bank-a", "bank-b")}
+    _wait_for(lambda: _turned_away(dep, "bank-c"), 60, "bank-c's node to be turned away")
+    second = _wait_for(lambda: _run_finished(dep), 420, "round 2 to finish", dep.coordinator_log)
+    assert second["run_status"] == "finished:completed", dep.coordinator_log()
+
+    # An institution node restarted keeps its identity (the coordinator still serves).
+    dep.cli_json("client", "stop", "-p", "bank-a")
+    restarted = json.loads(_start_client(dep, "bank-a").stdout)
+    assert restarted["status"] == "running"
+    assert restarted["node_id"] == node_ids["bank-a"]
+
+    # The coordinator stops cleanly on SIGTERM, with its whole process tree.
+    stopped = dep.cli_json("coordinator", "stop")
+    assert stopped["was_running"] and stopped["killed"] == []
+    assert not any(processes.pid_alive(pid) for pid in stopped["tree"])
+
+    # The ledger holds both rounds, once each; bank-c is absent from round 2.
+    reader = onboarding.identity_from_cert(
+        "CoordinatorMSP", dep.workdir / "pki" / "CoordinatorMSP" / "coordinator.crt")
+    ledger = open_ledger("embedded", dep.workdir / "ledger.db", reader)
+    try:
+        rounds = ledger.list_rounds(FED)
+        participants = {p.id: p.status for p in ledger.participants(FED)}
+    finally:
+        ledger.close()
+    assert [r.round for r in rounds] == [1, 2]
+    assert all(r.commit is not None for r in rounds)
+    assert sorted(rounds[0].commit.accepted) == list(BANKS)  # type: ignore[union-attr]
+    assert sorted(rounds[1].commit.accepted) == ["bank-a", "bank-b"]  # type: ignore[union-attr]
+    assert not any(e.participant == "bank-c" and e.status == "accepted" for e in rounds[1].record.entries)
+    assert rounds[1].record.base_model == rounds[0].commit.model  # type: ignore[union-attr]
+    assert participants["bank-c"] == "revoked"
+    # Each accepted reply came from the node authenticated with that participant's key.
+    for view in rounds:
+        for entry in view.record.entries:
+            if entry.status == "accepted":
+                assert entry.node == node_ids[entry.participant]

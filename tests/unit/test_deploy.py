@@ -1,0 +1,397 @@
+"""Deployment mode without a network: node-key sync plans, binding, Flower config files,
+process trees stopped by pid, and service settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fl.config import ConfigError
+from fl.deploy import processes
+from fl.deploy.binding import NodeDirectory, active_only
+from fl.deploy.client import ClientPaths, ClientSpec, _auth_key_file
+from fl.deploy.flower import (
+    CONNECTION,
+    NodeView,
+    refused_exit_code,
+    service_env,
+    superlink_command,
+    supernode_node_id,
+    write_flwr_config,
+    write_toml_config,
+)
+from fl.deploy.nodes import Removal, RoundBoundaryHold, plan_sync
+from fl.deploy.settings import load_deployment
+from ledger import pki
+from ledger.records import Participant
+
+# --- helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PEM certificates of four institutions, each from its own demo org CA."""
+    root = tmp_path_factory.mktemp("pki")
+    out = {}
+    for name in ("bank-a", "bank-b", "bank-c", "bank-d"):
+        _, cert, _ = pki.demo_identity(root, name, name.replace("-", "").capitalize() + "MSP")
+        out[name] = pki.certificate_pem(cert)
+    return out
+
+
+def _participant(pid: str, cert_pem: str, status: str) -> Participant:
+    return Participant(federation="fed", id=pid, msp_id="X", cert_pem=cert_pem, status=status,  # type: ignore[arg-type]
+                       registered_ms=1, updated_ms=1, updated_tx="t")
+
+
+def _key(cert_pem: str) -> bytes:
+    return pki.spki_pem(pki.certificate_from_pem(cert_pem))
+
+
+def _node(node_id: int, name: str, status: str, cert_pem: str | None = None, key: bytes | None = None) -> NodeView:
+    return NodeView(node_id, name, status, key if key is not None else _key(cert_pem or ""))
+
+
+# --- plan_sync ------------------------------------------------------------------------
+
+
+def test_plan_registers_each_active_participants_key_named_by_participant(certs) -> None:
+    participants = [_participant("bank-a", certs["bank-a"], "active"),
+                    _participant("bank-b", certs["bank-b"], "active")]
+
+    plan = plan_sync(participants, [])
+
+    assert [(r.participant, r.public_key) for r in plan.register] == [
+        ("bank-a", _key(certs["bank-a"])), ("bank-b", _key(certs["bank-b"]))]
+    assert plan.unregister == []
+
+
+def test_plan_does_not_register_pending_or_revoked_participants(certs) -> None:
+    participants = [_participant("bank-a", certs["bank-a"], "pending"),
+                    _participant("bank-b", certs["bank-b"], "revoked")]
+
+    plan = plan_sync(participants, [])
+
+    assert plan.register == [] and plan.empty
+
+
+def test_plan_unregisters_the_live_node_of_a_revoked_participant(certs) -> None:
+    participants = [_participant("bank-a", certs["bank-a"], "active"),
+                    _participant("bank-c", certs["bank-c"], "revoked")]
+    nodes = [_node(1, "bank-a", "online", certs["bank-a"]), _node(3, "bank-c", "online", certs["bank-c"])]
+
+    plan = plan_sync(participants, nodes)
+
+    assert [(r.node_id, r.reason) for r in plan.unregister] == [(3, "revoked")]
+    assert plan.active_nodes == {"bank-a": 1}
+    assert plan.register == []
+
+
+def test_plan_unregisters_a_node_whose_key_no_participant_holds(certs) -> None:
+    stray = pki.spki_pem(pki.generate_key())
+
+    plan = plan_sync([_participant("bank-a", certs["bank-a"], "active")],
+                     [_node(1, "bank-a", "online", certs["bank-a"]), _node(9, "bank-a", "registered", key=stray)])
+
+    assert [(r.node_id, r.reason) for r in plan.unregister] == [(9, "unknown")]
+
+
+def test_plan_matches_nodes_by_key_not_by_name(certs) -> None:
+    # A node labelled "bank-a" that holds bank-b's key belongs to bank-b.
+    participants = [_participant("bank-a", certs["bank-a"], "active"),
+                    _participant("bank-b", certs["bank-b"], "active")]
+
+    plan = plan_sync(participants, [_node(7, "bank-a", "online", certs["bank-b"])])
+
+    assert plan.active_nodes == {"bank-b": 7}
+    assert [r.participant for r in plan.register] == ["bank-a"]
+
+
+def test_plan_leaves_unregistered_nodes_alone_and_reports_a_burned_key(certs) -> None:
+    # Re-admitted after a revocation: Flower refuses to register the same key again.
+    plan = plan_sync([_participant("bank-c", certs["bank-c"], "active")],
+                     [_node(3, "bank-c", "unregistered", certs["bank-c"])])
+
+    assert plan.burned == ["bank-c"]
+    assert plan.register == [] and plan.unregister == []
+
+
+def test_plan_reports_a_certificate_it_cannot_read(certs) -> None:
+    plan = plan_sync([_participant("bank-a", "not a certificate", "active")], [])
+
+    assert "bank-a" in plan.unusable and plan.register == []
+
+
+def test_a_revoked_node_of_a_live_run_is_unregistered_at_the_next_round_boundary() -> None:
+    hold = RoundBoundaryHold()
+    revoked = [Removal(3, "bank-c", "revoked")]
+
+    during_round = hold.due(revoked, committed=4)
+    still_same_round = hold.due(revoked, committed=4)
+    held = hold.held
+    after_commit = hold.due(revoked, committed=5)
+
+    assert during_round == [] and still_same_round == [] and held == [3]
+    assert after_commit == revoked and hold.held == []
+
+
+def test_without_a_live_run_or_for_unknown_keys_unregistering_is_immediate() -> None:
+    hold = RoundBoundaryHold()
+
+    assert hold.due([Removal(3, "bank-c", "revoked")], committed=None) == [Removal(3, "bank-c", "revoked")]
+    assert hold.due([Removal(9, "x", "unknown")], committed=4) == [Removal(9, "x", "unknown")]
+    assert hold.held == []
+
+
+# --- binding ------------------------------------------------------------------------
+
+
+@dataclass
+class _Info:
+    node_id: int
+    public_key: bytes
+
+
+def test_node_directory_names_the_participant_owning_the_nodes_key(certs) -> None:
+    participants = [_participant("bank-a", certs["bank-a"], "active"),
+                    _participant("bank-b", certs["bank-b"], "revoked")]
+    nodes = [_Info(11, _key(certs["bank-a"])), _Info(22, _key(certs["bank-b"])),
+             _Info(33, pki.spki_pem(pki.generate_key()))]
+
+    directory = NodeDirectory.build(nodes, participants)
+
+    assert directory.owner("11") == "bank-a"
+    assert directory.owner("22") == "bank-b"  # the strategy rejects it as revoked
+    assert directory.owner("33") is None
+    assert directory.owner("44") is None
+
+
+def test_node_directory_keeps_nodes_that_went_offline(certs) -> None:
+    participants = [_participant("bank-a", certs["bank-a"], "active")]
+    directory = NodeDirectory.build([_Info(11, _key(certs["bank-a"]))], participants)
+
+    directory.update([], participants)  # get_nodes() lists online nodes only
+
+    assert directory.owner("11") == "bank-a"
+
+
+def test_only_messages_to_nodes_of_active_participants_are_kept(certs) -> None:
+    from types import SimpleNamespace
+
+    participants = [_participant("bank-a", certs["bank-a"], "active"),
+                    _participant("bank-c", certs["bank-c"], "revoked")]
+    directory = NodeDirectory.build([_Info(11, _key(certs["bank-a"])), _Info(33, _key(certs["bank-c"]))],
+                                    participants)
+    messages = [SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n)) for n in (11, 33, 44)]
+
+    kept = active_only(messages, directory, participants)
+
+    assert [m.metadata.dst_node_id for m in kept] == [11]
+
+
+def test_spki_pem_is_the_public_key_flower_stores_for_a_node() -> None:
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    key = pki.generate_key()
+
+    assert pki.spki_pem(key) == public_key_to_bytes(key.public_key())
+
+
+# --- Flower files and commands --------------------------------------------------------
+
+
+def test_node_config_file_reads_back_through_flowers_parser(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    values = {"participant": "bank-a", "key": "/a path/with spaces/k.key", "data": 'C:\\odd "name".csv'}
+    path = write_toml_config(tmp_path / "node-config.toml", values)
+
+    assert parse_config_args([str(path)]) == values
+
+
+def test_flwr_config_defines_our_tls_connection_for_the_flower_cli(tmp_path: Path, monkeypatch) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    write_flwr_config(tmp_path / "home", "127.0.0.1:19999", ca)
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+
+    connection = read_superlink_connection(CONNECTION)
+
+    assert connection.address == "127.0.0.1:19999"
+    assert connection.root_certificates == str(ca.resolve())
+    assert not connection.insecure
+
+
+def test_service_env_is_offline_with_its_own_flwr_home_and_the_venv_bin_first(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "home", base={"PATH": "/usr/bin"})
+
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert env["FLWR_HOME"] == str(tmp_path / "home")
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_superlink_command_turns_on_tls_and_node_authentication(tmp_path: Path) -> None:
+    argv = superlink_command(host="127.0.0.1", port=19001, database=tmp_path / "s.db", ca_cert=tmp_path / "ca",
+                             server_cert=tmp_path / "crt", server_key=tmp_path / "key")
+
+    assert "--enable-supernode-auth" in argv
+    assert "--insecure" not in argv
+    assert argv[argv.index("--ssl-certfile") + 1] == str(tmp_path / "crt")
+    assert argv[argv.index("--port") + 1] == "19001"
+
+
+def test_supernode_log_parsing_finds_the_node_id_and_flowers_exit_code() -> None:
+    connected = "\x1b[92mINFO \x1b[0m:      SuperNode ID: 7919712561916341658\nStarting"
+    refused = "\x1b[91mERROR \x1b[0m:     Exit Code: 305\nFailed to initialize the connection"
+
+    assert supernode_node_id(connected) == 7919712561916341658
+    assert supernode_node_id(refused) is None
+    assert refused_exit_code(refused) == 305
+    assert refused_exit_code(connected) is None
+
+
+# --- the institution's node key ---------------------------------------------------------
+
+
+def _spec(tmp_path: Path, key: Path, cert: Path | None = None) -> ClientSpec:
+    return ClientSpec(participant="bank-a", data=tmp_path / "d.csv", key=key, superlink="127.0.0.1:1",
+                      root_certificates=tmp_path / "ca.crt", workdir=tmp_path, cert=cert)
+
+
+def test_a_pem_key_is_given_to_the_supernode_as_an_openssh_copy_with_mode_0600(tmp_path: Path) -> None:
+    files = pki.keygen(tmp_path, "bank-a")
+    paths = ClientPaths.of(tmp_path, "bank-a")
+
+    path = _auth_key_file(_spec(tmp_path, files.key), paths)
+
+    assert path == paths.node_key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert pki.load_private_key(path).private_numbers() == pki.load_private_key(files.key).private_numbers()
+
+
+def test_an_openssh_key_is_given_to_the_supernode_as_it_is(tmp_path: Path) -> None:
+    files = pki.keygen(tmp_path, "bank-a")
+
+    assert _auth_key_file(_spec(tmp_path, files.openssh_key), ClientPaths.of(tmp_path, "bank-a")) == files.openssh_key
+
+
+def test_a_node_key_that_is_not_the_certificates_key_is_refused(tmp_path: Path) -> None:
+    files = pki.keygen(tmp_path, "bank-a")
+    _, other_cert, _ = pki.demo_identity(tmp_path / "other", "bank-a", "BankAMSP")
+    cert_path = pki.write_public_file(tmp_path / "other.crt", pki.certificate_pem(other_cert))
+
+    with pytest.raises(pki.CertificateError, match="is not this certificate's key"):
+        _auth_key_file(_spec(tmp_path, files.key, cert_path), ClientPaths.of(tmp_path, "bank-a"))
+
+
+def test_a_node_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    files = pki.keygen(tmp_path, "bank-a")
+    files.key.chmod(0o644)
+
+    with pytest.raises(pki.KeyFileError, match="too open"):
+        _auth_key_file(_spec(tmp_path, files.key), ClientPaths.of(tmp_path, "bank-a"))
+
+
+# --- processes ------------------------------------------------------------------------
+
+# A parent that, like flower-superlink, starts a child in a new session and waits.
+_TREE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+_STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _wait_for_line(path: Path, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if text.strip():
+            return text.strip().splitlines()[0]
+        time.sleep(0.05)
+    raise AssertionError(f"{path} stayed empty")
+
+
+def test_stop_ends_a_process_and_the_child_it_started_in_another_session(tmp_path: Path) -> None:
+    proc = processes.spawn([sys.executable, "-c", _TREE], env=os.environ, log_path=tmp_path / "t.log",
+                           pid_path=tmp_path / "t.pid")
+    child = int(_wait_for_line(tmp_path / "t.log"))
+
+    result = processes.stop(proc.pid, proc=proc, timeout=5)
+
+    assert processes.read_pid(tmp_path / "t.pid") == proc.pid
+    assert result.was_running and child in result.tree
+    assert not processes.pid_alive(proc.pid)
+    assert not processes.pid_alive(child)
+
+
+def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    proc = processes.spawn([sys.executable, "-c", _STUBBORN], env=os.environ, log_path=tmp_path / "s.log")
+    _wait_for_line(tmp_path / "s.log")
+
+    result = processes.stop(proc.pid, proc=proc, timeout=0.5)
+
+    assert result.killed == [proc.pid]
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_stopping_a_pid_that_is_gone_reports_it_was_not_running() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+
+    assert processes.stop(proc.pid).was_running is False
+
+
+def test_an_exited_but_unreaped_child_counts_as_dead() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while processes.pid_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert not processes.pid_alive(proc.pid)  # a zombie still answers kill(pid, 0)
+    proc.wait()
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+def test_deployment_settings_come_from_the_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "federation.toml"
+    path.write_text('[federation]\nid = "f"\n\n[deployment]\nport = 19100\nhost = "127.0.0.1"\napp = "app"\n')
+
+    from_file = load_deployment(path, environ={})
+    from_env = load_deployment(path, environ={"FEDLEDGER_SUPERLINK_PORT": "19101"})
+    from_flag = load_deployment(path, environ={"FEDLEDGER_SUPERLINK_PORT": "19101"}, port=19102)
+
+    assert from_file.superlink_address == "127.0.0.1:19100"
+    assert from_file.app_dir == tmp_path / "app"
+    assert from_env.port == 19101
+    assert from_flag.port == 19102
+
+
+def test_an_invalid_deployment_setting_names_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "federation.toml"
+    path.write_text("[deployment]\nport = 70000\n")
+
+    with pytest.raises(ConfigError, match=r"federation\.toml: deployment\.port"):
+        load_deployment(path, environ={})

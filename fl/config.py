@@ -161,6 +161,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Federat
     merged = {**section, **_env_overrides(os.environ if environ is None else environ)}
     if "workdir" in merged and not Path(str(merged["workdir"])).is_absolute():
         merged["workdir"] = path.parent / str(merged["workdir"])
+    # Relative data paths, like the workdir, are relative to the federation file.
+    for participant in merged.get("participants") or []:
+        if isinstance(participant, dict) and "data" in participant and not Path(str(participant["data"])).is_absolute():
+            participant["data"] = str(path.parent / str(participant["data"]))
     try:
         return FederationConfig.model_validate(merged)
     except ValidationError as exc:

@@ -20,12 +20,11 @@ import structlog
 
 from fl import data as fl_data
 from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
-from fl.server_app import CoordinatorRun, identity_paths, initial_model
+from fl.server_app import CoordinatorRun, federation_policy, identity_paths
 from ledger.factory import open_ledger
-from ledger.formats import update_digest
 from ledger.incentives import issue_pending_rewards
 from ledger.pki import certificate_pem, demo_identity
-from ledger.records import FederationPolicy, Identity, ScorerSpec
+from ledger.records import Identity
 
 __all__ = ["DemoResult", "prepare_federation", "run_demo", "MARKER"]
 
@@ -112,15 +111,7 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator)
     lines: list[dict[str, Any]] = []
     try:
-        policy = FederationPolicy(
-            auditor_msps=list(cfg.auditor_msps),
-            reward_budget=cfg.reward_budget,
-            scorer=ScorerSpec(name="cosine"),
-            aggregation="fedavg",
-            data_schema_digest=fl_data.credit_schema().digest(),
-            model=update_digest(initial_model(cfg)),
-        )
-        ledger.init_federation(cfg.id, policy)
+        ledger.init_federation(cfg.id, federation_policy(cfg))
         for participant in cfg.participants:
             member = identity(participant.id, participant.msp_id)
             reg = ledger.with_identity(member).register_participant(

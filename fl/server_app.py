@@ -19,17 +19,21 @@ from flwr.serverapp import Grid, ServerApp
 from fl import data as fl_data
 from fl import model as fl_model
 from fl.config import FederationConfig, load_config
+from fl.deploy.binding import NodeDirectory
 from fl.records import to_record
 from fl.resume import resume
+from fl.runtime import configure_logging
 from fl.strategy import AuditedFedAvg, RoundSummary, append_jsonl
 from ledger.artifacts import ArtifactStore
 from ledger.factory import open_ledger
 from ledger.pki import load_certificate, certificate_pem
-from ledger.records import Identity
+from ledger.formats import update_digest
+from ledger.records import FederationPolicy, Identity, ScorerSpec
 
 __all__ = [
     "CoordinatorRun",
     "coordinator_identity",
+    "federation_policy",
     "identity_paths",
     "initial_model",
     "make_server_app",
@@ -55,6 +59,19 @@ def coordinator_identity(cfg: FederationConfig) -> Identity:
 def initial_model(cfg: FederationConfig) -> dict[str, np.ndarray]:
     """The federation's deterministic initial global model."""
     return fl_model.initial_arrays(fl_data.credit_schema().n_features, cfg.training.seed)
+
+
+def federation_policy(cfg: FederationConfig) -> FederationPolicy:
+    """The policy a federation is created with: auditors, budget, scorer, aggregation,
+    and the digests of the data schema and of the initial model (both on the ledger)."""
+    return FederationPolicy(
+        auditor_msps=list(cfg.auditor_msps),
+        reward_budget=cfg.reward_budget,
+        scorer=ScorerSpec(name="cosine"),
+        aggregation="fedavg",
+        data_schema_digest=fl_data.credit_schema().digest(),
+        model=update_digest(initial_model(cfg)),
+    )
 
 
 def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
@@ -84,7 +101,7 @@ def run_coordinator(
     cfg: FederationConfig,
     identity: Identity,
     *,
-    node_owner: Callable[[str], str | None] | None = None,
+    node_directory: NodeDirectory | None = None,
     timeout: float = 600.0,
 ) -> CoordinatorRun:
     """Resume from the ledger and run the remaining rounds of ``cfg``."""
@@ -112,7 +129,7 @@ def run_coordinator(
             },
             round_offset=state.completed,
             expected_nodes=cfg.quorum,
-            node_owner=node_owner,
+            node_directory=node_directory,
             evaluate=evaluate,
             on_round=append_jsonl(cfg.rounds_log),
             max_norm_ratio=cfg.max_norm_ratio,
@@ -151,5 +168,8 @@ def _deployment_main(grid: Grid, context: Context) -> None:
     """Deployment: ``run_config['config']`` names the federation TOML file."""
     if "config" not in context.run_config:
         raise ValueError("run config lacks 'config' (the federation TOML file)")
+    configure_logging(json_logs=True)
     cfg = load_config(Path(str(context.run_config["config"])))
-    run_coordinator(grid, cfg, coordinator_identity(cfg))
+    # SuperNode authentication is on in deployment: bind every reply to the participant
+    # whose ledger certificate holds the authenticated node's key.
+    run_coordinator(grid, cfg, coordinator_identity(cfg), node_directory=NodeDirectory())

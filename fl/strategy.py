@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fl.deploy.binding import NodeDirectory, active_only
 from fl.records import to_arrays, to_record
 from fl.verification import KeyCache, RoundContext, verify_round
 from ledger.aggregate import AGGREGATORS
@@ -81,6 +82,7 @@ class AuditedFedAvg(FedAvg):
         round_offset: int = 0,
         expected_nodes: int = 2,
         node_owner: Callable[[str], str | None] | None = None,
+        node_directory: NodeDirectory | None = None,
         evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None = None,
         on_round: Callable[[RoundSummary], None] | None = None,
         max_norm_ratio: float = 10.0,
@@ -99,7 +101,11 @@ class AuditedFedAvg(FedAvg):
         self.federation = federation
         self.train_settings = dict(train_settings)
         self.round_offset = round_offset
-        self.node_owner = node_owner
+        self.quorum = expected_nodes
+        # Deployment: replies are bound to the participant owning the node's key, and
+        # rounds go only to nodes of active participants (fl.deploy.binding).
+        self.node_directory = node_directory
+        self.node_owner = node_directory.owner if node_directory is not None else node_owner
         self.evaluate = evaluate
         self.on_round = on_round
         self.max_norm_ratio = max_norm_ratio
@@ -122,9 +128,27 @@ class AuditedFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global model with the federation, round and training settings."""
+        """Send the global model with the federation, round and training settings.
+
+        The quorum shrinks with revocations (a revoked institution's node is never
+        waited for), and with node binding only active participants' nodes are asked.
+        """
         config = ConfigRecord({**dict(config), **self.begin_round(server_round, to_arrays(arrays))})
-        return super().configure_train(server_round, arrays, config, grid)
+        try:
+            participants = self.ledger.participants(self.federation)
+        except LedgerError as exc:
+            raise RoundFailed(f"round {self.ledger_round(server_round)}: cannot read participants: {exc}") from exc
+        active = sum(1 for p in participants if p.status == "active")
+        self.min_train_nodes = self.min_available_nodes = max(1, min(self.quorum, active))
+        # Sampling first: it waits for nodes, and nodes that connect meanwhile must be known.
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.node_directory is None:
+            return messages
+        self.node_directory.update(grid.get_nodes(), participants)
+        chosen = active_only(messages, self.node_directory, participants)
+        log.info("round_sent", round=self.ledger_round(server_round), nodes=len(chosen),
+                 skipped=len(messages) - len(chosen))
+        return chosen
 
     def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Remember the round's global model; return the config every participant gets."""

@@ -162,3 +162,14 @@ def test_report_writes_a_compliance_report_per_round(tmp_path):
     only = json.loads(fedledger("report", "--workdir", str(workdir), "--round", "2", "--json").stdout)
     assert [r["round"] for r in only] == [2]
     assert fedledger("report", "--workdir", str(workdir), "--round", "9", check=False).returncode == 1
+
+
+def test_data_split_writes_csvs_that_check_and_a_wrong_file_is_refused(tmp_path):
+    rows = json.loads(fedledger("data", "split", "--out", str(tmp_path / "data"), "--json").stdout)
+    assert sorted(rows) == ["bank-a", "bank-b", "bank-c", "test"]
+    checked = json.loads(fedledger("data", "check", rows["bank-b"], "--json").stdout)
+    assert checked["rows"] > 100 and checked["features"] == 26
+    bad = tmp_path / "bad.csv"
+    bad.write_text(Path(rows["bank-a"]).read_text().replace("Status", "Statut", 1))
+    proc = fedledger("data", "check", str(bad), check=False)
+    assert proc.returncode == 1 and str(bad) in proc.stderr and "Status" in proc.stderr

@@ -23,6 +23,7 @@ from fl import data as fl_data
 from fl import model as fl_model
 from fl.adversary import make_adversary_mods
 from fl.records import to_arrays, to_record
+from fl.runtime import configure_logging
 from fl.signing import SignerSpec, make_signing_mod
 from ledger.pki import load_private_key
 
@@ -95,8 +96,15 @@ def _csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     return fl_data.load_csv(Path(path), fl_data.credit_schema())
 
 
+@functools.lru_cache(maxsize=1)
+def _service_logging() -> None:
+    # Deployment only (the demo keeps its console): JSON lines, like every service.
+    configure_logging(json_logs=True)
+
+
 def node_config_resolver(context: Context) -> ClientRuntime:
     """Deployment: the SuperNode's ``--node-config`` names participant, key and data."""
+    _service_logging()
     cfg = context.node_config
     try:
         participant, key, data = str(cfg["participant"]), str(cfg["key"]), str(cfg["data"])

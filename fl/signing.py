@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message
 
@@ -21,6 +22,7 @@ from ledger.formats import Manifest, sign, update_digest
 __all__ = ["SignerSpec", "make_signing_mod", "AUDIT_KEY"]
 
 AUDIT_KEY = "audit"
+log = structlog.get_logger("fedledger.client")
 CallNext = Callable[[Message, Context], Message]
 
 
@@ -59,6 +61,8 @@ def make_signing_mod(
         reply.content[AUDIT_KEY] = ConfigRecord(
             {"manifest": data.decode("utf-8"), "signature": sign(data, signer.key)}
         )
+        log.info("update_signed", round=manifest.round, participant=manifest.participant,
+                 update=manifest.update, manifest_hash=manifest.hash(), num_examples=manifest.num_examples)
         return reply
 
     return signing_mod

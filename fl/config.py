@@ -88,6 +88,8 @@ class FederationConfig(_Model):
     data_seed: int = 7
     dirichlet_alpha: float = Field(default=0.5, gt=0)
     max_norm_ratio: float = Field(default=10.0, gt=1)
+    # Prometheus /metrics of the coordinator on 127.0.0.1:<port> (off when unset).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Participants that must be connected before a round starts (default: all of them).
     min_participants: int | None = Field(default=None, ge=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -177,7 +179,7 @@ def write_config(config: FederationConfig, path: Path) -> None:
     """Write ``config`` as a federation TOML file (used by the demo and onboarding)."""
     lines = ["[federation]"]
     for key in ("id", "rounds", "ledger", "coordinator_msp", "reward_budget", "data_seed",
-                "dirichlet_alpha", "max_norm_ratio", "min_participants"):
+                "dirichlet_alpha", "max_norm_ratio", "min_participants", "metrics_port"):
         if getattr(config, key) is not None:
             lines.append(f"{key} = {_toml(getattr(config, key))}")
     lines.append(f"workdir = {_toml(str(config.workdir))}")

@@ -20,6 +20,7 @@ from fl import data as fl_data
 from fl import model as fl_model
 from fl.config import FederationConfig, load_config
 from fl.deploy.binding import NodeDirectory
+from fl.metrics import CoordinatorMetrics, chain
 from fl.records import to_record
 from fl.resume import resume
 from fl.runtime import configure_logging
@@ -113,6 +114,12 @@ def run_coordinator(
         evaluate = _evaluator(cfg)
         initial_metrics = evaluate(dict(state.arrays))
         remaining = cfg.rounds - state.completed
+        on_round = append_jsonl(cfg.rounds_log)
+        if cfg.metrics_port is not None:
+            metrics = CoordinatorMetrics()
+            metrics.serve(cfg.metrics_port)
+            metrics.last_round.set(state.completed)
+            on_round = chain(on_round, metrics.observe)
         log.info("coordinator_resumed", completed=state.completed, remaining=remaining,
                  model=state.model)
         if remaining <= 0:
@@ -131,7 +138,7 @@ def run_coordinator(
             expected_nodes=cfg.quorum,
             node_directory=node_directory,
             evaluate=evaluate,
-            on_round=append_jsonl(cfg.rounds_log),
+            on_round=on_round,
             max_norm_ratio=cfg.max_norm_ratio,
             scorer=policy.scorer,
             aggregation=policy.aggregation,

@@ -47,6 +47,12 @@ def default_participants(count: int) -> list[str]:
     return names
 
 
+def _check_id(value: str, what: str) -> str:
+    if ID_PATTERN.fullmatch(value) is None:
+        raise ValueError(f"{what} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -67,12 +73,7 @@ class ParticipantConfig(_Model):
     msp_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,127}$")
     data: Path | None = None
 
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        if ID_PATTERN.fullmatch(value) is None:
-            raise ValueError(f"participant id {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
-        return value
+    _valid_id = field_validator("id")(lambda value: _check_id(value, "participant id"))
 
 
 class FederationConfig(_Model):
@@ -95,12 +96,7 @@ class FederationConfig(_Model):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     participants: list[ParticipantConfig] = Field(min_length=1)
 
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        if ID_PATTERN.fullmatch(value) is None:
-            raise ValueError(f"federation id {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
-        return value
+    _valid_id = field_validator("id")(lambda value: _check_id(value, "federation id"))
 
     @property
     def quorum(self) -> int:

@@ -96,10 +96,9 @@ def _detach(argv: list[str], pid_file: Path, state_file: Path, log_file: Path, w
 
 
 def _stop(pid_file: Path, state_file: Path, timeout: float) -> dict[str, Any]:
+    # Only a pid file whose process is still the one that wrote it is signalled: never
+    # a pid from state.json or one the kernel has since given to another process.
     pid = processes.read_pid(pid_file)
-    if pid is None:
-        state = processes.read_json(state_file) or {}
-        pid = int(state["pid"]) if state.get("pid") else None
     if pid is None or not processes.pid_alive(pid):
         pid_file.unlink(missing_ok=True)
         return {"pid": pid, "was_running": False}
@@ -110,8 +109,8 @@ def _stop(pid_file: Path, state_file: Path, timeout: float) -> dict[str, Any]:
 
 def _status(pid_file: Path, state_file: Path) -> dict[str, Any]:
     state = processes.read_json(state_file) or {"status": "never started"}
-    pid = processes.read_pid(pid_file) or state.get("pid")
-    state["alive"] = bool(pid) and processes.pid_alive(int(pid))
+    pid = processes.read_pid(pid_file)
+    state["alive"] = pid is not None and processes.pid_alive(pid)
     if not state["alive"] and state.get("status") in ("starting", "running"):
         state["status"] = "dead"
     return state

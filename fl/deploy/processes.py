@@ -32,6 +32,7 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "read_pid",
+    "start_time",
     "tail",
 ]
 
@@ -66,21 +67,46 @@ def spawn(
     return proc
 
 
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), or ``None``.
+
+    A pid and its start time name one process: a pid reused by another process later
+    has another start time, so a stale pid file can never make us signal a stranger.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
 def write_pid(path: Path, pid: int) -> None:
-    """Write ``pid`` to ``path`` atomically."""
+    """Write ``pid`` and its start time to ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{pid}\n", encoding="ascii")
+    tmp.write_text(f"{pid} {start_time(pid) or 0}\n", encoding="ascii")
     os.replace(tmp, path)
 
 
 def read_pid(path: Path) -> int | None:
-    """The pid in ``path``, or ``None`` when the file is missing or not a pid."""
+    """The pid in ``path`` if that very process still runs, else ``None``.
+
+    ``None`` when the file is missing or malformed, and when the pid now belongs to a
+    process started at another time than the one recorded (pid reuse).
+    """
     try:
-        text = path.read_text(encoding="ascii").strip()
+        words = path.read_text(encoding="ascii").split()
     except (FileNotFoundError, UnicodeDecodeError):
         return None
-    return int(text) if text.isdigit() else None
+    if not words or not all(w.isdigit() for w in words[:2]):
+        return None
+    pid = int(words[0])
+    recorded = int(words[1]) if len(words) > 1 else None
+    if recorded and start_time(pid) != recorded:
+        return None
+    return pid
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:

@@ -336,10 +336,11 @@ def test_stop_ends_a_process_and_the_child_it_started_in_another_session(tmp_pat
     proc = processes.spawn([sys.executable, "-c", _TREE], env=os.environ, log_path=tmp_path / "t.log",
                            pid_path=tmp_path / "t.pid")
     child = int(_wait_for_line(tmp_path / "t.log"))
+    assert processes.read_pid(tmp_path / "t.pid") == proc.pid
 
     result = processes.stop(proc.pid, proc=proc, timeout=5)
 
-    assert processes.read_pid(tmp_path / "t.pid") == proc.pid
+    assert processes.read_pid(tmp_path / "t.pid") is None  # that process is gone
     assert result.was_running and child in result.tree
     assert not processes.pid_alive(proc.pid)
     assert not processes.pid_alive(child)
@@ -395,3 +396,22 @@ def test_an_invalid_deployment_setting_names_the_file_and_field(tmp_path: Path) 
 
     with pytest.raises(ConfigError, match=r"federation\.toml: deployment\.port"):
         load_deployment(path, environ={})
+
+
+def test_a_stale_pid_file_naming_a_reused_pid_is_never_signalled(tmp_path):
+    """pid + start time name one process: a pid reused by a stranger reads as not running."""
+    import subprocess as sp
+
+    stranger = sp.Popen(["sleep", "30"])
+    try:
+        pid_file = tmp_path / "svc.pid"
+        real_start = processes.start_time(stranger.pid)
+        assert real_start is not None
+        pid_file.write_text(f"{stranger.pid} {real_start + 1}\n")  # recorded for an earlier process
+        assert processes.read_pid(pid_file) is None
+        processes.write_pid(pid_file, stranger.pid)
+        assert processes.read_pid(pid_file) == stranger.pid
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -36,8 +36,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from chaincode.canonical import canonical_bytes, canonical_json, parse_json
-from chaincode.certs import check_participant_cert
+from chaincode.certs import check_participant_cert, load_pem_certificate
 from chaincode.errors import AccessDenied, Duplicate, Invalid, NotFound
 from chaincode.evidence import check_accepted_entry
 from chaincode.schema import (
@@ -194,6 +196,18 @@ class FedAudit(Contract):
         org = await get_json(ctx, org_key) or {"participants": []}
         written = stamp(ctx)
         pem = check_participant_cert(cert_pem, own_cert, msp, written["timestamp_ms"])
+        # One public key, one participant: the node binding and the transport's key
+        # registry both map a key to exactly one institution, for good (even revoked).
+        spki = load_pem_certificate(pem, "certificate").public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        key_index = key(ctx, "pubkey", fed, hashlib.sha256(spki).hexdigest())
+        holder = await get_json(ctx, key_index)
+        if holder is not None:
+            raise Invalid(
+                f"the public key of this certificate is already registered for participant "
+                f"{holder['participant']} in federation {fed}"
+            )
         participant = {
             "cert_pem": pem,
             "federation": fed,
@@ -208,6 +222,7 @@ class FedAudit(Contract):
         org["participants"] = sorted({*org["participants"], pid})
         await put_json(ctx, record_key, participant)
         await put_json(ctx, org_key, org)
+        await put_json(ctx, key_index, {"participant": pid})
         emit(
             ctx,
             "ParticipantRegistered",

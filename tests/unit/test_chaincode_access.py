@@ -117,6 +117,19 @@ def test_coordinator_and_auditor_cannot_register_participants(
         ledger_factory(world.pki.identity(caller)).register_participant(FED, "someone", leaf.pem, {})
 
 
+def test_a_public_key_already_registered_cannot_be_registered_again_by_any_org(world: World) -> None:
+    # BankB's CA certifies bank-a's key (public on the ledger) under a new participant id:
+    # that would let bank-b's "bank-z" own bank-a's node at the transport.
+    stolen = world.pki.cas["BankBMSP"].issue("bank-z", key=world.signers["bank-a"].key)
+
+    with pytest.raises(TransactionRejected, match=r"^INVALID: the public key of this certificate is already "
+                                                  r"registered for participant bank-a in federation fed-1"):
+        world.banks["bank-b"].register_participant(FED, "bank-z", stolen.pem, {})
+    world.coordinator.revoke_participant(FED, "bank-a", "left")
+    with pytest.raises(TransactionRejected, match="already registered for participant bank-a"):
+        world.banks["bank-b"].register_participant(FED, "bank-z", stolen.pem, {})
+
+
 def test_an_institution_cannot_register_a_certificate_of_another_org(world: World) -> None:
     bank_b_cert = world.pki.leaf("BankBMSP", "bank-x")
 

@@ -337,7 +337,7 @@ def test_stored_values_are_canonical_json_that_ledger_records_reparse_to_the_sam
         if kind in _RECORDS:
             assert _RECORDS[kind].parse(bytes(value)).canonical() == bytes(value)
 
-    assert kinds == {"fed", "participant", "org", "chain", "round", "commit", "rewards", "roundtx", "balance"}
+    assert kinds == {"fed", "participant", "org", "chain", "round", "commit", "rewards", "roundtx", "balance", "pubkey"}
 
 
 # --- factory ------------------------------------------------------------------------------

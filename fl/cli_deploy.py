@@ -248,7 +248,7 @@ def client_start(
         cfg = load_config(config.resolve()) if config.exists() else None
         spec = _client_spec(cfg, participant, data, key, cert, superlink, root_certificates, workdir,
                             runtime_port, config)
-    paths = ClientPaths.of(spec.workdir, participant)
+        paths = ClientPaths.of(spec.workdir, participant)
     if detach:
         words = ["client", "start", "--participant", participant, "--data", str(spec.data.resolve()),
                  "--key", str(spec.key.resolve()), "--superlink", spec.superlink,

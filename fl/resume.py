@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from ledger.aggregate import WeightedUpdate, fedavg
+from ledger.aggregate import AGGREGATORS, WeightedUpdate
 from ledger.artifacts import ArtifactStore
 from ledger.protocol import Ledger
 from ledger.records import ModelCommit
@@ -63,7 +63,8 @@ def resume(
         WeightedUpdate(e.participant, int(e.num_examples or 0), artifacts.get(str(e.update)))
         for e in record.accepted()
     ]
-    arrays = fedavg(updates) if updates else artifacts.get(record.base_model)
+    aggregation = ledger.get_federation(federation).policy.aggregation
+    arrays = AGGREGATORS[aggregation](updates) if updates else artifacts.get(record.base_model)
     model = artifacts.put(arrays)
     commit = ModelCommit(
         round=last.round,
@@ -71,6 +72,7 @@ def resume(
         model=model,
         accepted=[u.participant for u in updates],
         weights={u.participant: u.weight for u in updates},
+        aggregation=aggregation,
     )
     receipt = ledger.commit_model(federation, last.round, commit)
     log.info("round_completed_on_resume", round=last.round, model=model, tx_id=receipt.tx_id)

@@ -107,6 +107,7 @@ def run_coordinator(
 ) -> CoordinatorRun:
     """Resume from the ledger and run the remaining rounds of ``cfg``."""
     ledger = open_ledger(cfg.ledger, cfg.ledger_path, identity)
+    stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
     try:
         artifacts = ArtifactStore(cfg.artifacts_path)
         policy = ledger.get_federation(cfg.id).policy
@@ -117,7 +118,7 @@ def run_coordinator(
         on_round = append_jsonl(cfg.rounds_log)
         if cfg.metrics_port is not None:
             metrics = CoordinatorMetrics()
-            metrics.serve(cfg.metrics_port)
+            stop_metrics = metrics.serve(cfg.metrics_port)
             metrics.last_round.set(state.completed)
             on_round = chain(on_round, metrics.observe)
         log.info("coordinator_resumed", completed=state.completed, remaining=remaining,
@@ -147,6 +148,7 @@ def run_coordinator(
         strategy.start(grid, to_record(state.arrays), num_rounds=remaining, timeout=timeout)
         return CoordinatorRun(state.completed, strategy.summaries, initial_metrics)
     finally:
+        stop_metrics()
         ledger.close()
 
 

@@ -139,13 +139,17 @@ class AuditedFedAvg(FedAvg):
         except LedgerError as exc:
             raise RoundFailed(f"round {self.ledger_round(server_round)}: cannot read participants: {exc}") from exc
         active = sum(1 for p in participants if p.status == "active")
-        self.min_train_nodes = self.min_available_nodes = max(1, min(self.quorum, active))
+        if active == 0:
+            raise RoundFailed(f"round {self.ledger_round(server_round)}: no participant is active")
+        self.min_train_nodes = self.min_available_nodes = min(self.quorum, active)
         # Sampling first: it waits for nodes, and nodes that connect meanwhile must be known.
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.node_directory is None:
             return messages
         self.node_directory.update(grid.get_nodes(), participants)
         chosen = active_only(messages, self.node_directory, participants)
+        if not chosen:
+            raise RoundFailed(f"round {self.ledger_round(server_round)}: no node of an active participant")
         log.info("round_sent", round=self.ledger_round(server_round), nodes=len(chosen),
                  skipped=len(messages) - len(chosen))
         return chosen

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
@@ -40,6 +41,8 @@ from ledger.formats import (
 from ledger.records import Participant, RoundEntry
 
 __all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "KeyCache"]
+
+log = structlog.get_logger("fedledger.coordinator")
 
 
 class UpdateRejected(Exception):
@@ -112,7 +115,9 @@ _DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, EOFError, OSE
 def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
     """reply_error and malformed: fill ``cand`` from the reply or raise UpdateRejected."""
     if reply.has_error():
-        raise UpdateRejected("reply_error", f"client error: {reply.error.reason}"[:500])
+        # The client's error text can hold its local paths: only the code goes on the ledger.
+        log.warning("reply_error", node=cand.node, code=reply.error.code, reason=str(reply.error.reason)[:500])
+        raise UpdateRejected("reply_error", f"client error code {reply.error.code}")
     content = reply.content
     try:
         audit = content[AUDIT_KEY]

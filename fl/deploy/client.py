@@ -36,6 +36,7 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from ledger import pki
+from ledger.formats import validate_id
 
 __all__ = ["ClientPaths", "ClientSpec", "ClientService", "EXIT_REFUSED", "free_port"]
 
@@ -59,8 +60,8 @@ class ClientPaths:
 
     @classmethod
     def of(cls, workdir: Path, participant: str) -> ClientPaths:
-        """``<workdir>/clients/<participant>``."""
-        return cls(workdir / "clients" / participant)
+        """``<workdir>/clients/<participant>`` (the id is checked: no path tricks)."""
+        return cls(workdir / "clients" / validate_id(participant, "participant"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from chaincode.errors import AccessDenied, Invalid
 
-__all__ = ["MAX_CERT_PEM", "load_pem_certificate", "check_participant_cert", "p256_public_key"]
+__all__ = ["MAX_CERT_PEM", "load_pem_certificate", "check_participant_cert", "p256_public_key", "valid_at"]
 
 MAX_CERT_PEM = 16 * 1024
 _BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -105,3 +105,10 @@ def check_participant_cert(
             f"participant certificate was not issued by the CA of the caller's organisation {caller_msp}"
         )
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def valid_at(cert_pem: str, at_ms: int) -> bool:
+    """Whether the (registered) certificate is within its validity window at ``at_ms``."""
+    cert = load_pem_certificate(cert_pem, "participant certificate")
+    at = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC)
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc

@@ -39,7 +39,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from chaincode.canonical import canonical_bytes, canonical_json, parse_json
-from chaincode.certs import check_participant_cert, load_pem_certificate
+from chaincode.certs import check_participant_cert, load_pem_certificate, valid_at
 from chaincode.errors import AccessDenied, Duplicate, Invalid, NotFound
 from chaincode.evidence import check_accepted_entry
 from chaincode.schema import (
@@ -69,6 +69,7 @@ from chaincode.state import (
     require_coordinator,
     round_attr,
     stamp,
+    tx_ms,
 )
 
 __all__ = ["CONTRACT_NAME", "TRANSACTIONS", "QUERIES", "EVENTS", "FedAudit"]
@@ -310,6 +311,8 @@ class FedAudit(Contract):
                 raise Invalid(
                     f"accepted entry names participant {pid}, which is {participant['status']}, not active"
                 )
+            if not valid_at(participant["cert_pem"], tx_ms(ctx)):
+                raise Invalid(f"accepted entry names participant {pid}, whose certificate is not valid now")
             check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"],
                                  federation["policy"]["max_num_examples"])
         written = stamp(ctx)

@@ -16,6 +16,7 @@ content is recorded as ``malformed`` and the round goes on.
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
@@ -55,18 +57,27 @@ class UpdateRejected(Exception):
 
 
 class KeyCache:
-    """Parsed public keys by certificate PEM, so each certificate is parsed once."""
+    """Parsed certificates and their public keys by PEM, so each is parsed once."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._certs: dict[str, tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = {}
+
+    def _entry(self, cert_pem: str) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+        entry = self._certs.get(cert_pem)
+        if entry is None:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+            entry = (cert, public_key_of(cert))
+            self._certs[cert_pem] = entry
+        return entry
 
     def key(self, cert_pem: str) -> ec.EllipticCurvePublicKey:
         """The P-256 public key in ``cert_pem``."""
-        key = self._keys.get(cert_pem)
-        if key is None:
-            key = public_key_of(cert_pem)
-            self._keys[cert_pem] = key
-        return key
+        return self._entry(cert_pem)[1]
+
+    def valid_at(self, cert_pem: str, moment: dt.datetime) -> bool:
+        """Whether ``cert_pem`` is within its validity window at ``moment``."""
+        cert = self._entry(cert_pem)[0]
+        return cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,8 @@ class RoundContext:
     node_owner: Callable[[str], str | None] | None = None
     max_norm_ratio: float = 10.0
     max_num_examples: int = 1_000_000
+    # When certificates are checked for validity (default: now).
+    now: dt.datetime | None = None
 
 
 @dataclass
@@ -171,6 +184,12 @@ def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Cand
         raise UpdateRejected("not_admitted", f"{manifest.participant} is registered, not admitted")
     if participant.status == "revoked":
         raise UpdateRejected("revoked", f"{manifest.participant} was revoked")
+    try:
+        in_validity = keys.valid_at(participant.cert_pem, ctx.now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
+    if not in_validity:
+        raise UpdateRejected("cert_expired", f"the registered certificate of {manifest.participant} is not valid now")
     if ctx.node_owner is not None:
         owner = ctx.node_owner(cand.node)
         if owner != manifest.participant:

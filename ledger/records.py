@@ -40,6 +40,7 @@ REASONS: tuple[str, ...] = (
     "unknown_participant",
     "not_admitted",
     "revoked",
+    "cert_expired",
     "node_mismatch",
     "digest_mismatch",
     "bad_signature",

@@ -262,3 +262,13 @@ def test_adversary_specs_are_parsed_strictly():
     for bad in (["bank-c"], ["bank-c:explode"], ["bank-c:nan", "bank-c:shape"]):
         with pytest.raises(ValueError):
             parse_adversaries(bad)
+
+
+def test_an_update_signed_under_an_expired_certificate_is_rejected_as_cert_expired(pki, base):
+    import datetime as dt
+
+    replies = run_round(pki, base, 1, {}, {})
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=5000)  # after every demo certificate expired
+    verdict = verify_round(replies, context(pki, base, 1, now=later))
+    assert {e.reason for e in verdict.entries} == {"cert_expired"}
+    assert verdict.accepted == []

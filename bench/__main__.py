@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from bench import deployment, overhead, signatures
+from bench import deployment, overhead, signatures, work
 
 
 def _seconds(value: float | None) -> str:
@@ -39,9 +39,15 @@ def main() -> int:
     print(f"signature verifications/s at the coordinator: {sig['per_second_1_thread']:,.0f} on 1 thread, "
           f"{sig['per_second_all_cores']:,.0f} on {sig['threads']} threads (goal ≥ 10,000/s)", flush=True)
     for epochs in (2, 20):
+        wk = work.measure(local_epochs=epochs)
+        results[f"work_epochs_{epochs}"] = wk
+        print(f"round work with {epochs} local epochs, 3 institutions, no transport: plain "
+              f"{wk['plain_round_s'] * 1e3:.1f} ms, audited {wk['audited_round_s'] * 1e3:.1f} ms, ratio "
+              f"{wk['ratio']:.3f} (goal ≤ 1.05)", flush=True)
+    for epochs in (2, 20):
         ov = overhead.measure(local_epochs=epochs)
         results[f"overhead_epochs_{epochs}"] = ov
-        print(f"round time with {epochs} local epochs: plain Flower FedAvg {ov['plain_round_s']:.3f} s, "
+        print(f"round time in Flower's simulation (100 ms polling ticks) with {epochs} local epochs: plain Flower FedAvg {ov['plain_round_s']:.3f} s, "
               f"audited {ov['audited_round_s']:.3f} s, ratio {ov['ratio']:.3f} (goal ≤ 1.05); "
               f"coordinator aggregation {ov['plain_aggregate_s'] * 1e3:.1f} ms plain vs "
               f"{ov['audited_aggregate_s'] * 1e3:.1f} ms audited, of which ledger {ov['audited_ledger_s'] * 1e3:.1f} ms",

@@ -195,8 +195,7 @@ class AuditedFedAvg(FedAvg):
         ]
         # Updates are stored before they are recorded, so a coordinator that crashes
         # after RecordRound can still recompute and commit this round on restart.
-        for update in verdict.accepted:
-            self.artifacts.put(update.arrays)
+        self.artifacts.put_many([update.arrays for update in verdict.accepted])
         record = RoundRecord(round=round_no, base_model=base_model, scorer=self.scorer, entries=entries)
         ledger_started = time.perf_counter()
         try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,27 +43,49 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class ArtifactStore:
-    """Tensors stored as ``<root>/<d[:2]>/<digest>.npz`` (uncompressed, no pickles)."""
+    """Tensors stored as ``<root>/<digest>.npz`` (uncompressed, no pickles)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._written: set[str] = set()  # written (and fsynced) by this store: known good
 
     def path(self, digest: str) -> Path:
         """Where the artifact named ``digest`` lives."""
-        return self.root / digest[:2] / f"{digest}.npz"
+        return self.root / f"{digest}.npz"
+
+    def put_many(self, batch: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+        """Store several artifacts at once: their fsyncs overlap (they release the GIL) and
+        the directory is synced once for all of them."""
+        if not batch:
+            return []
+        with ThreadPoolExecutor(max_workers=min(8, len(batch))) as pool:
+            results = list(pool.map(self._write, batch))
+        if any(wrote for _, wrote in results):
+            _fsync_dir(self.root)
+        return [digest for digest, _ in results]
 
     def put(self, arrays: Mapping[str, np.ndarray]) -> str:
         """Store ``arrays`` (idempotent) and return their digest."""
+        digest, wrote = self._write(arrays)
+        if wrote:
+            _fsync_dir(self.root)
+        return digest
+
+    def _write(self, arrays: Mapping[str, np.ndarray]) -> tuple[str, bool]:
+        """Write the artifact unless a good copy exists; (digest, whether it wrote)."""
         digest = update_digest(arrays)
         target = self.path(digest)
+        if digest in self._written:
+            return digest, False
         if target.exists():
             try:
                 self.get(digest)
-                return digest
+                self._written.add(digest)
+                return digest, False
             except ArtifactCorrupted:
                 pass  # a damaged copy: write a good one over it
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 # Names go into a sidecar order list: npz member names cannot hold every
@@ -73,13 +96,13 @@ class ArtifactStore:
                 np.savez(fh, allow_pickle=False, **payload)
                 # The ledger commits durably; what it names must survive a power loss too.
                 fh.flush()
-                os.fsync(fh.fileno())
+                os.fdatasync(fh.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return digest
+        self._written.add(digest)
+        return digest, True
 
     def get(self, digest: str) -> dict[str, np.ndarray]:
         """Load the artifact named ``digest`` and check that it still hashes to it."""

@@ -181,7 +181,9 @@ def coordinator_start(
     _service_logging()
     service = CoordinatorService(cfg, config, deploy, identity, rounds=rounds, start_run=not no_run,
                                  exit_after_run=exit_after_run)
-    raise typer.Exit(service.serve())
+    with _one_line_errors():  # e.g. already running: one line, not a traceback
+        code = service.serve()
+    raise typer.Exit(code)
 
 
 @coordinator_app.command("stop")
@@ -270,7 +272,9 @@ def client_start(
             _fail(f"{participant}: node {status}: {state.get('error', 'see ' + str(paths.supernode_log))}")
         return
     _service_logging()
-    raise typer.Exit(ClientService(spec).serve())
+    with _one_line_errors():
+        code = ClientService(spec).serve()
+    raise typer.Exit(code)
 
 
 def _client_paths(config: Path, participant: str, workdir: Optional[Path]) -> ClientPaths:

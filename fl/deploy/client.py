@@ -136,7 +136,7 @@ class ClientService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        processes.write_pid(self.paths.pid_file, os.getpid())
+        processes.claim_pid(self.paths.pid_file)
         self._update(service="client", participant=self.spec.participant, status="starting",
                      pid=os.getpid(), superlink=self.spec.superlink, started_at=time.time(),
                      node_id=None, exit_code=None)
@@ -162,7 +162,7 @@ class ClientService:
             if self._state.get("status") in ("starting", "running"):
                 self._update(status="stopped")
             self._update(stopped_at=time.time())
-            self.paths.pid_file.unlink(missing_ok=True)
+            processes.release_pid(self.paths.pid_file)
         return code
 
     def _new_log(self, offset: int) -> str:

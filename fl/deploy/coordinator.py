@@ -176,7 +176,7 @@ class CoordinatorService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        processes.write_pid(self.paths.pid_file, os.getpid())
+        processes.claim_pid(self.paths.pid_file)
         self._update(service="coordinator", status="starting", pid=os.getpid(),
                      federation=self.cfg.id, address=self.deploy.superlink_address,
                      rounds=self.rounds or self.cfg.rounds, started_at=time.time())
@@ -220,7 +220,7 @@ class CoordinatorService:
             self._shutdown(superlink, run, control, ledger)
             final = "failed" if code else "stopped"
             self._update(status=final, stopped_at=time.time())
-            self.paths.pid_file.unlink(missing_ok=True)
+            processes.release_pid(self.paths.pid_file)
         return code
 
     def _supervise(self, superlink: subprocess.Popen[bytes], run: subprocess.Popen[bytes] | None,

@@ -32,6 +32,9 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "read_pid",
+    "AlreadyRunning",
+    "claim_pid",
+    "release_pid",
     "start_time",
     "tail",
 ]
@@ -88,6 +91,24 @@ def write_pid(path: Path, pid: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(f"{pid} {start_time(pid) or 0}\n", encoding="ascii")
     os.replace(tmp, path)
+
+
+class AlreadyRunning(ValueError):
+    """Another live process holds the service's pid file."""
+
+
+def claim_pid(path: Path) -> None:
+    """Write this process's pid to ``path`` unless another live process holds it."""
+    holder = read_pid(path)
+    if holder is not None and holder != os.getpid() and pid_alive(holder):
+        raise AlreadyRunning(f"already running with pid {holder} ({path})")
+    write_pid(path, os.getpid())
+
+
+def release_pid(path: Path) -> None:
+    """Remove ``path`` if it still names this process (never another's pid file)."""
+    if read_pid(path) == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def read_pid(path: Path) -> int | None:

@@ -415,3 +415,23 @@ def test_a_stale_pid_file_naming_a_reused_pid_is_never_signalled(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_second_service_cannot_take_a_live_services_pid_file_nor_remove_it(tmp_path):
+    import subprocess as sp
+
+    other = sp.Popen(["sleep", "30"])
+    try:
+        pid_file = tmp_path / "svc.pid"
+        processes.write_pid(pid_file, other.pid)
+        with pytest.raises(processes.AlreadyRunning, match=str(other.pid)):
+            processes.claim_pid(pid_file)
+        processes.release_pid(pid_file)  # not ours: left alone
+        assert processes.read_pid(pid_file) == other.pid
+    finally:
+        other.kill()
+        other.wait()
+    processes.claim_pid(pid_file)  # the holder is gone: ours now
+    assert processes.read_pid(pid_file) == os.getpid()
+    processes.release_pid(pid_file)
+    assert not pid_file.exists()

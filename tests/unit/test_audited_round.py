@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flwr.app import ConfigRecord
 
 from fl.demo import SimulationResolver, demo_config, prepare_federation
-from fl.records import to_arrays
+from fl.records import to_arrays, to_record
 from fl.resume import resume
 from fl.server_app import coordinator_identity, identity_paths, initial_model
 from fl.strategy import AuditedFedAvg, RoundFailed
@@ -246,3 +247,59 @@ def test_compliance_report_of_a_forged_round_is_not_compliant(federation):
     assert report["compliant"] is False
     assert any("differs from committed" in p for p in report["problems"])
     assert "NOT COMPLIANT" in render_markdown(report)
+
+
+class FakeGrid:
+    """The two Grid calls configure_train makes: connected node ids, and node keys."""
+
+    def __init__(self, nodes: dict[int, bytes]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def get_nodes(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(node_id=n, public_key=k) for n, k in self.nodes.items()]
+
+
+def test_with_node_binding_rounds_go_only_to_active_participants_and_replies_are_bound(federation):
+    from fl.deploy.binding import NodeDirectory
+    from ledger.pki import load_certificate, spki_pem
+
+    cfg, ledger = federation
+    keys = {pid: spki_pem(load_certificate(identity_paths(cfg, pid, f"Bank{pid[-1].upper()}MSP")[1]))
+            for pid in ("bank-a", "bank-b", "bank-c")}
+    grid = FakeGrid({100: keys["bank-a"], 101: keys["bank-b"], 102: keys["bank-c"], 103: b"unknown key"})
+    ledger.revoke_participant(cfg.id, "bank-c", "test")
+    strat = AuditedFedAvg(ledger=ledger, artifacts=ArtifactStore(cfg.artifacts_path), federation=cfg.id,
+                          train_settings=SETTINGS, expected_nodes=3, node_directory=NodeDirectory())
+    messages = strat.configure_train(1, to_record(initial_model(cfg)), ConfigRecord(), grid)
+    assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101]
+    assert strat.min_available_nodes == 2  # the quorum shrank with the revocation
+    assert strat.node_owner("101") == "bank-b" and strat.node_owner("103") is None
+    # bank-b's reply arriving from bank-a's node is refused, whatever its signature.
+    replies = client_replies(SimulationResolver(cfg, {}), initial_model(cfg),
+                             {**SETTINGS, "federation": cfg.id, "round": 1}, 2)
+    swapped = [_from_node(replies[0], 101), _from_node(replies[1], 100)]
+    strat.aggregate_train(1, swapped)
+    entries = ledger.get_round(cfg.id, 1).record.entries
+    assert {(e.participant, e.reason) for e in entries} == {("bank-a", "node_mismatch"), ("bank-b", "node_mismatch")}
+
+
+def test_a_round_with_no_active_participant_fails_instead_of_committing_nothing(federation):
+    cfg, ledger = federation
+    for pid in ("bank-a", "bank-b", "bank-c"):
+        ledger.revoke_participant(cfg.id, pid, "test")
+    strat = strategy(cfg, ledger)
+    with pytest.raises(RoundFailed, match="no participant is active"):
+        strat.configure_train(1, to_record(initial_model(cfg)), ConfigRecord(), FakeGrid({}))
+    assert ledger.list_rounds(cfg.id) == []
+
+
+def _from_node(reply, node_id: int):
+    from flwr.app import Message, RecordDict
+
+    return Message(RecordDict(dict(reply.content.items())),
+                   reply_to=Message(RecordDict(), dst_node_id=node_id, message_type="train"))

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fl.cli_deploy import client_app, coordinator_app
+from fl.cli_participant import participant_app
 from fl.config import ConfigError, load_config
 from ledger.errors import LedgerError
 from fl.runtime import configure_logging, flower_env
@@ -351,23 +353,10 @@ def report(
         raise typer.Exit(1)
 
 
-def _mount_optional() -> None:
-    """Sub-apps for onboarding and deployment live in their own modules."""
-    try:
-        from fl.cli_participant import participant_app
-    except ImportError:
-        participant_app = None
-    if participant_app is not None:
-        app.add_typer(participant_app, name="participant")
-    try:
-        from fl.cli_deploy import client_app, coordinator_app
-    except ImportError:
-        return
-    app.add_typer(coordinator_app, name="coordinator")
-    app.add_typer(client_app, name="client")
-
-
-_mount_optional()
+# Onboarding and deployment commands live in their own modules.
+app.add_typer(participant_app, name="participant")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(client_app, name="client")
 
 
 def main() -> None:

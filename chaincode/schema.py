@@ -50,6 +50,7 @@ _AMOUNT_ARG = re.compile(r"[1-9][0-9]{0,18}")
 
 # Copy of ledger.records.REASONS (a test keeps them equal): stable rejection reasons.
 REASONS: tuple[str, ...] = (
+    "no_reply",
     "reply_error",
     "malformed",
     "wrong_federation",

@@ -28,12 +28,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from fl.deploy.binding import NodeDirectory, active_only
 from fl.records import to_arrays, to_record
-from fl.verification import KeyCache, RoundContext, verify_round
+from fl.verification import KeyCache, RoundContext, entry_order, verify_round
 from ledger.aggregate import AGGREGATORS
 from ledger.artifacts import ArtifactStore
 from ledger.errors import LedgerError
 from ledger.protocol import Ledger
-from ledger.records import ModelCommit, RoundRecord, ScorerSpec
+from ledger.records import ModelCommit, RoundEntry, RoundRecord, ScorerSpec
 from ledger.scoring import SCORERS
 
 __all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary"]
@@ -120,6 +120,7 @@ class AuditedFedAvg(FedAvg):
         self.summaries: list[RoundSummary] = []
         self._base: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
         self._round_started = 0.0
+        self._sent: set[str] = set()  # nodes the current round was sent to
 
     def ledger_round(self, server_round: int) -> int:
         """The federation's round number for Flower's ``server_round`` (after a resume)."""
@@ -145,6 +146,7 @@ class AuditedFedAvg(FedAvg):
         # Sampling first: it waits for nodes, and nodes that connect meanwhile must be known.
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.node_directory is None:
+            self._sent = {str(m.metadata.dst_node_id) for m in messages}
             return messages
         self.node_directory.update(grid.get_nodes(), participants)
         chosen = active_only(messages, self.node_directory, participants)
@@ -152,11 +154,13 @@ class AuditedFedAvg(FedAvg):
             raise RoundFailed(f"round {self.ledger_round(server_round)}: no node of an active participant")
         log.info("round_sent", round=self.ledger_round(server_round), nodes=len(chosen),
                  skipped=len(messages) - len(chosen))
+        self._sent = {str(m.metadata.dst_node_id) for m in chosen}
         return chosen
 
     def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Remember the round's global model; return the config every participant gets."""
         self._round_started = time.perf_counter()
+        self._sent = set()
         # Stored (content-addressed, idempotent) so an auditor can recompute from it.
         base_model = self.artifacts.put(base_arrays)
         self._base = {server_round: (base_model, base_arrays)}
@@ -188,6 +192,14 @@ class AuditedFedAvg(FedAvg):
             max_num_examples=self.max_num_examples,
         )
         verdict = verify_round(replies, ctx, self.keys)
+        # A node that was asked and never answered leaves evidence too.
+        answered = {str(r.metadata.src_node_id) for r in replies}
+        for node in sorted(self._sent - answered):
+            owner = self.node_owner(node) if self.node_owner is not None else None
+            verdict.entries.append(RoundEntry(participant=owner or f"(node {node})"[:128], status="rejected",
+                                              reason="no_reply", detail="no reply before the round's timeout",
+                                              node=node[:64]))
+        verdict.entries.sort(key=entry_order)
         scores = SCORERS[self.scorer.name](base_arrays, verdict.accepted)
         entries = [
             e.model_copy(update={"score_ppm": scores[e.participant]}) if e.status == "accepted" else e

@@ -42,7 +42,7 @@ from ledger.formats import (
 )
 from ledger.records import Participant, RoundEntry
 
-__all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "KeyCache"]
+__all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache"]
 
 log = structlog.get_logger("fedledger.coordinator")
 
@@ -265,6 +265,11 @@ def _outliers(cands: list[_Candidate], ctx: RoundContext) -> dict[str, str]:
     }
 
 
+def entry_order(entry: RoundEntry) -> tuple[str, str, str, str]:
+    """The order of entries in a round record: independent of reply arrival."""
+    return (entry.participant, entry.node or "", entry.manifest_hash or "", entry.reason or "")
+
+
 def verify_round(
     replies: Iterable[Message], ctx: RoundContext, keys: KeyCache | None = None
 ) -> RoundVerdict:
@@ -309,6 +314,6 @@ def verify_round(
         verdict.accepted.append(
             WeightedUpdate(cand.participant, cand.manifest.num_examples, cand.arrays)
         )
-    verdict.entries.sort(key=lambda e: (e.participant, e.node or "", e.manifest_hash or "", e.reason or ""))
+    verdict.entries.sort(key=entry_order)
     verdict.accepted.sort(key=lambda u: u.participant)
     return verdict

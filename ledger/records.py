@@ -32,6 +32,7 @@ __all__ = [
 
 # Rejection reasons, in the order the coordinator checks them (DESIGN §4). Stable strings.
 REASONS: tuple[str, ...] = (
+    "no_reply",
     "reply_error",
     "malformed",
     "wrong_federation",

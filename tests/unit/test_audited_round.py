@@ -303,3 +303,18 @@ def _from_node(reply, node_id: int):
 
     return Message(RecordDict(dict(reply.content.items())),
                    reply_to=Message(RecordDict(), dst_node_id=node_id, message_type="train"))
+
+
+def test_a_node_that_was_asked_and_never_answered_is_recorded_as_no_reply(federation):
+    cfg, ledger = federation
+    strat = strategy(cfg, ledger)
+    grid = FakeGrid({100: b"", 101: b"", 102: b""})
+    messages = list(strat.configure_train(1, to_record(initial_model(cfg)), ConfigRecord(), grid))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102]
+    config = {**SETTINGS, "federation": cfg.id, "round": 1}
+    replies = client_replies(SimulationResolver(cfg, {}), initial_model(cfg), config, 2)  # nodes 100, 101
+    strat.aggregate_train(1, replies)
+    entries = ledger.get_round(cfg.id, 1).record.entries
+    assert [(e.participant, e.reason, e.node) for e in entries if e.status == "rejected"] == [
+        ("(node 102)", "no_reply", "102")]
+    assert sorted(e.participant for e in entries if e.status == "accepted") == ["bank-a", "bank-b"]

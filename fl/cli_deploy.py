@@ -101,10 +101,21 @@ def _stop(pid_file: Path, state_file: Path, timeout: float) -> dict[str, Any]:
     pid = processes.read_pid(pid_file)
     if pid is None or not processes.pid_alive(pid):
         pid_file.unlink(missing_ok=True)
-        return {"pid": pid, "was_running": False}
-    result = processes.stop(pid, timeout=timeout)
-    pid_file.unlink(missing_ok=True)
-    return result.to_json()
+        result: dict[str, Any] = {"pid": pid, "was_running": False}
+    else:
+        result = processes.stop(pid, timeout=timeout).to_json()
+        pid_file.unlink(missing_ok=True)
+    # A service killed hard leaves its Flower children running in their own sessions:
+    # stop those it recorded, if each is still the very process it started.
+    state = processes.read_json(state_file) or {}
+    orphans = {}
+    for name, tag in (state.get("children") or {}).items():
+        child = processes.tagged_pid(tag)
+        if child is not None:
+            orphans[name] = processes.stop(child, timeout=timeout).to_json()
+    if orphans:
+        result["orphans_stopped"] = orphans
+    return result
 
 
 def _status(pid_file: Path, state_file: Path) -> dict[str, Any]:

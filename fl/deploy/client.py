@@ -149,7 +149,7 @@ class ClientService:
                                         cwd=self.paths.root)
             log.info("supernode_started", participant=self.spec.participant, pid=supernode.pid,
                      superlink=self.spec.superlink)
-            self._update(supernode_pid=supernode.pid)
+            self._update(supernode_pid=supernode.pid, children={"supernode": processes.tag(supernode.pid)})
             code = self._supervise(supernode, log_offset)
         except (ValueError, OSError) as exc:
             log.error("client_failed", participant=self.spec.participant, error=str(exc))

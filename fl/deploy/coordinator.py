@@ -196,7 +196,8 @@ class CoordinatorService:
                                   server_cert=tls.server_cert, server_key=tls.server_key),
                 env=env, log_path=self.paths.superlink_log, cwd=self.paths.root,
             )
-            self._update(superlink_pid=superlink.pid, tls_ca=str(tls.ca_cert.resolve()))
+            self._update(superlink_pid=superlink.pid, tls_ca=str(tls.ca_cert.resolve()),
+                         children={**self._state.get("children", {}), "superlink": processes.tag(superlink.pid)})
             waited = wait_superlink_ready(self.deploy.superlink_address, tls.ca_cert, superlink)
             log.info("superlink_started", pid=superlink.pid, address=self.deploy.superlink_address,
                      seconds=round(waited, 2))
@@ -209,7 +210,8 @@ class CoordinatorService:
                 run = processes.spawn(run_command(self.deploy.app_dir, self._run_config()), env=env,
                                       log_path=self.paths.run_log, cwd=self.paths.root)
                 log.info("run_submitted", pid=run.pid, app=str(self.deploy.app_dir))
-                self._update(run_pid=run.pid, run_status="submitted")
+                self._update(run_pid=run.pid, run_status="submitted",
+                             children={**self._state.get("children", {}), "run": processes.tag(run.pid)})
             self._update(status="running")
             code = self._supervise(superlink, run, control, ledger)
         except (CoordinatorError, ControlError, LedgerError, OSError, ValueError) as exc:

@@ -33,6 +33,8 @@ __all__ = [
     "read_json",
     "read_pid",
     "AlreadyRunning",
+    "tag",
+    "tagged_pid",
     "claim_pid",
     "release_pid",
     "start_time",
@@ -91,6 +93,20 @@ def write_pid(path: Path, pid: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(f"{pid} {start_time(pid) or 0}\n", encoding="ascii")
     os.replace(tmp, path)
+
+
+def tag(pid: int) -> str:
+    """``"pid:start_time"``: names one process for good, even after the pid is reused."""
+    return f"{pid}:{start_time(pid) or 0}"
+
+
+def tagged_pid(value: str) -> int | None:
+    """The pid of a :func:`tag` if that very process still runs, else ``None``."""
+    pid_text, _, start_text = str(value).partition(":")
+    if not pid_text.isdigit() or not start_text.isdigit():
+        return None
+    pid = int(pid_text)
+    return pid if int(start_text) and start_time(pid) == int(start_text) else None
 
 
 class AlreadyRunning(ValueError):

@@ -435,3 +435,27 @@ def test_a_second_service_cannot_take_a_live_services_pid_file_nor_remove_it(tmp
     assert processes.read_pid(pid_file) == os.getpid()
     processes.release_pid(pid_file)
     assert not pid_file.exists()
+
+
+def test_stop_also_ends_children_a_hard_killed_service_left_behind(tmp_path):
+    """The service died (SIGKILL); its recorded child still runs and is stopped by tag."""
+    import subprocess as sp
+
+    from fl.cli_deploy import _stop
+
+    orphan = sp.Popen(["sleep", "30"], start_new_session=True)
+    stranger = sp.Popen(["sleep", "30"])
+    try:
+        state = tmp_path / "state.json"
+        stale = f"{stranger.pid}:{(processes.start_time(stranger.pid) or 0) + 7}"  # a reused pid
+        processes.write_json_atomic(state, {"children": {"superlink": processes.tag(orphan.pid),
+                                                         "run": stale}})
+        result = _stop(tmp_path / "svc.pid", state, timeout=5)
+        assert result["was_running"] is False and list(result["orphans_stopped"]) == ["superlink"]
+        assert orphan.wait(timeout=5) is not None
+        assert stranger.poll() is None  # never signalled
+    finally:
+        for proc in (orphan, stranger):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -647,7 +647,7 @@ def write_tls_files(
     out = Path(directory)
     files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
     if files.ca_cert.exists() and files.server_cert.exists() and files.server_key.exists():
-        load_private_key(files.server_key)  # refuses a key with open permissions
+        _check_tls_reuse(files, hosts)
         return files
     ca = init_ca(org, common_name=f"tls-ca.{org}")
     key, cert = make_tls_server_cert(ca, hosts)
@@ -655,6 +655,28 @@ def write_tls_files(
     write_private_key(files.server_key, key)
     write_public_file(files.server_cert, certificate_pem(cert))
     return files
+
+
+def _check_tls_reuse(files: TlsFiles, hosts: tuple[str, ...]) -> None:
+    """Existing TLS files must still serve: key matches, valid now, SANs cover ``hosts``."""
+    key = load_private_key(files.server_key)  # refuses a key with open permissions
+    cert = load_certificate(files.server_cert)
+    if not _same_public_key(key.public_key(), cert.public_key()):
+        raise CertificateError(f"{files.server_cert}: does not match {files.server_key}")
+    now = _utcnow()
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise CertificateError(f"{files.server_cert}: expired or not yet valid (until "
+                               f"{cert.not_valid_after_utc.isoformat()}); remove {files.server_cert.parent}")
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    names = {str(v) for v in sans.get_values_for_type(x509.DNSName)}
+    names |= {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+    missing = [h for h in hosts if h not in names]
+    if missing:
+        raise CertificateError(f"{files.server_cert}: does not cover {', '.join(missing)}; "
+                               f"remove {files.server_cert.parent} to issue a new one")
 
 
 # --- demo convenience ---------------------------------------------------------------

@@ -98,6 +98,12 @@ def wait_superlink_ready(address: str, ca_cert: Path, proc: subprocess.Popen[byt
             conn.request("GET", "/")
             conn.getresponse().read()
             return time.monotonic() - started
+        except ssl.SSLCertVerificationError as exc:
+            # An answer with the wrong certificate will not get better by waiting.
+            raise CoordinatorError(
+                f"the SuperLink at {address} presents a certificate {ca_cert} does not vouch for "
+                f"({exc.verify_message}): remove the coordinator's tls/ directory to issue a new one"
+            ) from exc
         except (OSError, http.client.HTTPException):
             time.sleep(0.25)
         finally:

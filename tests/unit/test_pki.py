@@ -499,3 +499,16 @@ def test_demo_identity_is_stable_across_calls_and_distinct_across_orgs(tmp_path:
     with pytest.raises(pki.CertificateError):
         pki.validate_participant_cert(cert_b, ca_1)
 
+
+
+def test_reused_tls_files_must_still_cover_the_hosts_and_match_their_key(tmp_path):
+    from ledger.pki import CertificateError, write_tls_files
+
+    files = write_tls_files(tmp_path / "tls", ("127.0.0.1", "localhost"))
+    assert write_tls_files(tmp_path / "tls", ("127.0.0.1",)) == files  # reused as is
+    with pytest.raises(CertificateError, match="does not cover coordinator.example"):
+        write_tls_files(tmp_path / "tls", ("127.0.0.1", "coordinator.example"))
+    other = write_tls_files(tmp_path / "other")
+    files.server_key.write_bytes(other.server_key.read_bytes())
+    with pytest.raises(CertificateError, match="does not match"):
+        write_tls_files(tmp_path / "tls")

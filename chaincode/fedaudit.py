@@ -137,6 +137,18 @@ async def _set_status(
     return canonical_json(participant)
 
 
+async def _coordinator_round(
+    ctx: TransactionContext, fed: str, round: str, function: str
+) -> tuple[dict[str, Any], int]:
+    """The guard of every per-round write: the coordinator only; the federation and round."""
+    msp = caller_msp(ctx)
+    check_id(fed, "federation id")
+    round_no = parse_round(round)
+    federation = await load_federation(ctx, fed)
+    require_coordinator(federation, msp, function)
+    return federation, round_no
+
+
 class FedAudit(Contract):
     """The ``fedaudit`` contract: one class, run by Fabric peers and by the embedded ledger."""
 
@@ -266,11 +278,7 @@ class FedAudit(Contract):
 
     async def RecordRound(self, ctx: TransactionContext, fed: str, round: str, record_json: str) -> str:
         """Coordinator: record every reply of a round, once, before aggregation."""
-        msp = caller_msp(ctx)
-        check_id(fed, "federation id")
-        round_no = parse_round(round)
-        federation = await load_federation(ctx, fed)
-        require_coordinator(federation, msp, "RecordRound")
+        federation, round_no = await _coordinator_round(ctx, fed, round, "RecordRound")
         record = RECORD(parse_json(record_json, "record"), "record")
         if record["round"] != round_no:
             raise Invalid(f"record.round {record['round']} does not match round {round_no}")
@@ -340,11 +348,7 @@ class FedAudit(Contract):
 
     async def CommitModel(self, ctx: TransactionContext, fed: str, round: str, commit_json: str) -> str:
         """Coordinator: commit the round's aggregate, once, after its RecordRound."""
-        msp = caller_msp(ctx)
-        check_id(fed, "federation id")
-        round_no = parse_round(round)
-        federation = await load_federation(ctx, fed)
-        require_coordinator(federation, msp, "CommitModel")
+        federation, round_no = await _coordinator_round(ctx, fed, round, "CommitModel")
         commit = COMMIT(parse_json(commit_json, "commit"), "commit")
         if commit["round"] != round_no:
             raise Invalid(f"commit.round {commit['round']} does not match round {round_no}")
@@ -408,11 +412,7 @@ class FedAudit(Contract):
 
     async def IssueRewards(self, ctx: TransactionContext, fed: str, round: str, rewards_json: str) -> str:
         """Coordinator: mint integer rewards for a committed round, once, within the budget."""
-        msp = caller_msp(ctx)
-        check_id(fed, "federation id")
-        round_no = parse_round(round)
-        federation = await load_federation(ctx, fed)
-        require_coordinator(federation, msp, "IssueRewards")
+        federation, round_no = await _coordinator_round(ctx, fed, round, "IssueRewards")
         rewards = REWARDS(parse_json(rewards_json, "rewards"), "rewards")
         attr = round_attr(round_no)
         if await get_json(ctx, key(ctx, "round", fed, attr)) is None:

@@ -116,16 +116,7 @@ def openssh_public_key(
     This is what ``flwr supernode register`` reads: the coordinator derives it from the
     participant's certificate on the ledger, so the node key and the signing key are one.
     """
-    if isinstance(key_or_cert, x509.Certificate):
-        public = key_or_cert.public_key()
-    elif isinstance(key_or_cert, ec.EllipticCurvePrivateKey):
-        public = key_or_cert.public_key()
-    else:
-        public = key_or_cert
-    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
-        public.curve, ec.SECP256R1
-    ):
-        raise CertificateError(f"key is not ECDSA P-256 ({_describe_key(public)})")
+    public = _p256_public(key_or_cert)
     line = public.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode("ascii")
@@ -137,16 +128,7 @@ def spki_pem(
 ) -> bytes:
     """SubjectPublicKeyInfo PEM of a P-256 key: how Flower stores a SuperNode's key
     (``NodeInfo.public_key``), so a node can be matched to a ledger certificate."""
-    if isinstance(key_or_cert, x509.Certificate):
-        public = key_or_cert.public_key()
-    elif isinstance(key_or_cert, ec.EllipticCurvePrivateKey):
-        public = key_or_cert.public_key()
-    else:
-        public = key_or_cert
-    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
-        public.curve, ec.SECP256R1
-    ):
-        raise CertificateError(f"key is not ECDSA P-256 ({_describe_key(public)})")
+    public = _p256_public(key_or_cert)
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -743,6 +725,17 @@ def _require_p256_private(key: object, what: str) -> None:
         key.curve, ec.SECP256R1
     ):
         raise KeyFileError(f"{what} is {_describe_key(key)}, an ECDSA P-256 key is required")
+
+
+def _p256_public(key_or_cert: object) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key of a key, public key or certificate; CertificateError else."""
+    if isinstance(key_or_cert, (x509.Certificate, ec.EllipticCurvePrivateKey)):
+        public = key_or_cert.public_key()
+    else:
+        public = key_or_cert
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, ec.SECP256R1):
+        raise CertificateError(f"key is not ECDSA P-256 ({_describe_key(public)})")
+    return public
 
 
 def _same_public_key(a: ec.EllipticCurvePublicKey, b: object) -> bool:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.client import free_port
 from fl.deploy.flower import flower_executable, service_env, supernode_node_id, write_toml_config
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 import typer
 
 from fl.config import ConfigError, FederationConfig, load_config
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.client import EXIT_REFUSED, ClientPaths, ClientService, ClientSpec
 from fl.deploy.coordinator import CoordinatorPaths, CoordinatorService
 from fl.deploy.settings import load_deployment

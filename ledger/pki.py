@@ -61,6 +61,7 @@ __all__ = [
     "sign_csr",
     "validate_participant_cert",
     "make_tls_server_cert",
+    "make_tls_client_cert",
     "write_tls_files",
     "demo_identity",
 ]
@@ -604,6 +605,24 @@ def make_tls_server_cert(
             _key_usage(digital_signature=True, key_encipherment=True), critical=True
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_tls_client_cert(
+    ca: CertificateAuthority,
+    name: str,
+    *,
+    days: int = DEFAULT_LEAF_DAYS,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS client key + certificate signed by ``ca`` (CN ``name``, clientAuth), for
+    mutual TLS between services the project runs."""
+    key = generate_key()
+    cert = (
+        _leaf_builder(ca, _name(name, ca.org), key.public_key(), _utcnow() - _BACKDATE, days)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
     return key, cert

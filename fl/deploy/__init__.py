@@ -1,7 +1,7 @@
 """Deployment mode: real Flower processes with TLS and SuperNode authentication.
 
 * :mod:`fl.deploy.settings` — the ``[deployment]`` table of the federation file.
-* :mod:`fl.deploy.processes` — detached processes, pid files, clean stop by pid.
+* :mod:`ledger.processes` (shared with the Fabric network driver) — detached processes, pid files, clean stop by pid.
 * :mod:`fl.deploy.flower` — the one seam to Flower's executables and Control API.
 * :mod:`fl.deploy.nodes` — which node keys the SuperLink must accept, from the ledger.
 * :mod:`fl.deploy.coordinator` / :mod:`fl.deploy.client` — the two services.

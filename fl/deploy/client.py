@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.flower import (
     refused_exit_code,
     service_env,

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from fl.config import FederationConfig
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.flower import (
     ControlError,
     SuperLinkControl,

@@ -27,7 +27,7 @@ import pytest
 
 from fl import onboarding
 from fl.config import FederationConfig, ParticipantConfig, TrainingConfig, msp_for, write_config
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.settings import project_root
 from fl.runtime import FLOWER_OFFLINE_ENV
 from ledger import pki

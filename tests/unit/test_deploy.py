@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fl.config import ConfigError
-from fl.deploy import processes
+from ledger import processes
 from fl.deploy.binding import NodeDirectory, active_only
 from fl.deploy.client import ClientPaths, ClientSpec, _auth_key_file
 from fl.deploy.flower import (

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fl.cli_deploy import client_app, coordinator_app
+from fl.cli_network import network_app
 from fl.cli_participant import participant_app
 from fl.config import ConfigError, load_config
 from ledger.errors import LedgerError
@@ -29,7 +30,6 @@ app = typer.Typer(
     add_completion=False,
 )
 audit_app = typer.Typer(help="Verify a federation as an auditor.", no_args_is_help=True)
-network_app = typer.Typer(help="Drive a native Hyperledger Fabric network.", no_args_is_help=True)
 rewards_app = typer.Typer(help="Token incentives recorded on the ledger.", no_args_is_help=True)
 data_app = typer.Typer(help="Institutions' data: demo partitions, schema checks.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -302,25 +302,6 @@ def data_check(
     else:
         console.print(f"{path}: {result['rows']} rows, {result['features']} features after preprocessing, "
                       f"{result['positive_rate']:.1%} positive; schema {result['schema_digest'][:16]}…")
-
-
-_FABRIC_BLOCKED = (
-    "a Fabric network cannot be built on this machine: the Go module proxy refuses "
-    "github.com/hyperledger/fabric (403 'This module version is not available') for the "
-    "v2.5.16 and v3.1.5 release commits; see README 'Hyperledger Fabric'"
-)
-
-
-@network_app.command("up")
-def network_up() -> None:
-    """Start the native Fabric network (not available on this machine yet)."""
-    _fail(_FABRIC_BLOCKED, code=2)
-
-
-@network_app.command("status")
-def network_status() -> None:
-    """Show the Fabric network's health (not available on this machine yet)."""
-    _fail(_FABRIC_BLOCKED, code=2)
 
 
 @app.command()

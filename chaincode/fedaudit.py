@@ -2,16 +2,25 @@
 
 Every transaction function takes string arguments (Fabric passes strings) and returns
 canonical JSON text. Writes follow guard → read → change → put, read everything before
-the first put and never run a range query (a put after a paginated query is lost by
-fabric-chaincode-python 2.5.4, defect 3), and emit exactly one event. Refusals raise a
+the first put, and emit exactly one event. Refusals raise a
 :class:`~chaincode.errors.ContractError` whose text starts with a stable code.
+
+Range reads in a write must be unpaginated. fabric-chaincode-python 2.5.4's
+``get_state_by_range`` and ``get_state_by_partial_composite_key`` send the peer no query
+metadata (no page size), so the peer runs a plain range scan, keeps it in the read set for
+its phantom-read check, and accepts puts after it. Never use the ``*_with_pagination``
+variants in a write: the peer refuses every put after a paginated query, and the library
+reports that refusal as success, so the write would be lost silently.
 
 State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in round order):
 
 =============================== ===========================================================
 ``fed~F``                       Federation
 ``participant~F~P``             Participant
-``org~F~MSP``                   ``{"participants": [...]}`` — ids registered by that MSP
+``orgmember~F~MSP~P``           ``{"participant": P}`` — P was registered by MSP; one key
+                                per participant, an org's participants are a range read
+``pubkey~F~SHA``                ``{"participant": P}`` — the one participant whose
+                                certificate has the public key with SHA-256 ``SHA``
 ``chain~F``                     ``{"last_committed", "last_round", "model"}`` round head
 ``round~F~NNNNNNNN``            RoundRecord
 ``commit~F~NNNNNNNN``           ModelCommit
@@ -20,6 +29,35 @@ State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in ro
                                 ``{"timestamp_ms", "tx_id"}``
 ``balance~F~P``                 ``{"balance": units}``
 =============================== ===========================================================
+
+Concurrency. On Fabric a transaction is invalidated at commit when a key it read, or a
+key inside a range it read, was changed by a transaction committed before it (MVCC and
+phantom-read conflicts). Keys are chosen so that independent transactions touch
+disjoint keys; the embedded ledger runs one transaction at a time and never conflicts.
+
+* RegisterParticipant reads ``fed~F``, ``participant~F~P`` and ``pubkey~F~SHA`` and writes
+  ``participant~F~P``, ``orgmember~F~MSP~P`` and ``pubkey~F~SHA``. There is no per-org list
+  to rewrite, so registrations of different ids with different keys, by one org or by
+  many, never conflict; two registrations of one id or one public key do, as they must.
+* AdmitParticipant and RevokeParticipant rewrite only ``participant~F~P``.
+* RecordRound, CommitModel and IssueRewards rewrite ``chain~F`` and ``roundtx~F~NNNNNNNN``:
+  one coordinator runs them in order, so they are sequential by design. RecordRound also
+  reads the accepted participants' records: admitting or revoking one of them at the same
+  time invalidates one of the two, which is right, since the record was checked against
+  their status.
+* Transfer finds its sender by range-reading ``orgmember~F~MSP~``. That range conflicts
+  only with a registration by the caller's own org committed meanwhile, which could
+  change the answer; the recipient's ``participant~F~P``, which it also reads, only with
+  the coordinator admitting or revoking that recipient.
+* Balances are one key per participant (``balance~F~P``), read and rewritten by Transfer
+  (sender and recipient) and IssueRewards (each participant paid). Two of these conflict
+  only when they move the same participant's tokens. For a debit that is a true
+  dependency: the balance check must see every earlier debit, or tokens could be spent
+  twice. Two credits to one recipient conflict too: the later fails with
+  MVCC_READ_CONFLICT and must be submitted again. Per-transaction credit keys would make
+  credits conflict-free, but every balance read would become a range sum growing without
+  bound while debits stay serial; with one mint per round by the coordinator and
+  occasional transfers, one key per balance is the better trade.
 
 Round rules: rounds are recorded consecutively from 1; round *r* may be recorded once
 round *r−1* is recorded, committed or not. A round that is recorded but never committed
@@ -64,6 +102,7 @@ from chaincode.state import (
     key,
     load_federation,
     load_participant,
+    org_members,
     put_json,
     refuse_auditor,
     require_coordinator,
@@ -205,8 +244,6 @@ class FedAudit(Contract):
         record_key = key(ctx, "participant", fed, pid)
         if await get_json(ctx, record_key) is not None:
             raise Duplicate(f"participant {pid} is already registered in federation {fed}")
-        org_key = key(ctx, "org", fed, msp)
-        org = await get_json(ctx, org_key) or {"participants": []}
         written = stamp(ctx)
         pem = check_participant_cert(cert_pem, own_cert, msp, written["timestamp_ms"])
         # One public key, one participant: the node binding and the transport's key
@@ -232,9 +269,10 @@ class FedAudit(Contract):
             "updated_ms": written["timestamp_ms"],
             "updated_tx": written["tx_id"],
         }
-        org["participants"] = sorted({*org["participants"], pid})
         await put_json(ctx, record_key, participant)
-        await put_json(ctx, org_key, org)
+        # One key per participant, never a shared per-org list that every registration of
+        # the org would rewrite (see "Concurrency" above).
+        await put_json(ctx, key(ctx, "orgmember", fed, msp, pid), {"participant": pid})
         await put_json(ctx, key_index, {"participant": pid})
         emit(
             ctx,
@@ -456,13 +494,13 @@ class FedAudit(Contract):
         units = parse_amount(amount)
         federation = await load_federation(ctx, fed)
         refuse_auditor(federation, msp, "Transfer")
-        org = await get_json(ctx, key(ctx, "org", fed, msp)) or {"participants": []}
-        if len(org["participants"]) != 1:
+        members = await org_members(ctx, fed, msp)
+        if len(members) != 1:
             raise AccessDenied(
                 f"Transfer needs exactly one participant registered by {msp} in federation {fed}; "
-                f"found {len(org['participants'])}"
+                f"found {len(members)}"
             )
-        sender = org["participants"][0]
+        sender = members[0]
         await load_participant(ctx, fed, to)
         if sender == to:
             raise Invalid(f"participant {sender} cannot transfer to itself")

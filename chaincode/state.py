@@ -28,6 +28,7 @@ __all__ = [
     "emit",
     "load_federation",
     "load_participant",
+    "org_members",
     "balance_of",
 ]
 
@@ -131,6 +132,24 @@ async def load_participant(ctx: TransactionContext, fed: str, pid: str) -> dict[
     if participant is None:
         raise NotFound(f"participant {pid} is not registered in federation {fed}")
     return participant
+
+
+async def org_members(ctx: TransactionContext, fed: str, msp: str) -> list[str]:
+    """Ids of the participants ``msp`` registered in ``fed``, in key (id) order.
+
+    A partial-composite-key range read over ``orgmember~fed~msp~…``. The library sends it
+    without query metadata, so it is *not* paginated and a write may follow it in the
+    same transaction; the peer re-runs the range at validation, so a registration by
+    ``msp`` committed meanwhile invalidates the reader (a phantom read) instead of being
+    missed.
+    """
+    stub = ctx.get_stub()
+    iterator = await stub.get_state_by_partial_composite_key("orgmember", [fed, msp])
+    members: list[str] = []
+    async for kv in iterator:
+        _, attrs = stub.split_composite_key(kv.key)
+        members.append(attrs[-1])
+    return members
 
 
 async def balance_of(ctx: TransactionContext, fed: str, pid: str) -> int:

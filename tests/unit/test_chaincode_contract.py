@@ -7,33 +7,44 @@ state (no SQLite), with raw string arguments exactly as Fabric would pass them.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chaincode import canonical, schema
 from chaincode.fedaudit import CONTRACT_NAME, QUERIES, TRANSACTIONS, FedAudit
 from chaincode.shim_fixes import Contract, ContractChaincode, TransactionContext, check_context_annotations
-from ledger.embedded.runtime import ContractRuntime, Outcome, new_tx_id, serialize_identity
+from ledger.embedded import runtime as runtime_module
+from ledger.embedded.runtime import ContractRuntime, EmbeddedPeer, Outcome, new_tx_id, serialize_identity
 from ledger.formats import P256_ORDER, canonical_json
 from ledger.records import REASONS, Federation, Participant, RoundRecord
 from tests.fixtures.pki import Leaf, TestPKI, default_pki
-from tests.fixtures.rounds import accepted, digest, record
+from tests.fixtures.rounds import accepted, commit_for, digest, record
 
 T0 = (time.time_ns() // 10**9) * 1000  # certificates are valid around "now"
 
 
 class MemoryState:
-    """World state + history in memory: the contract's StateReader without SQLite."""
+    """World state + history in memory: the contract's StateReader without SQLite.
+
+    :meth:`endorse` and :meth:`commit` split a call the way Fabric does, so that two
+    transactions can be simulated against the same state and then validated in order
+    (see :meth:`validate`).
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
+        self.versions: dict[str, int] = {}
         self.changes: dict[str, list[tuple[str, int, bytes, bool]]] = defaultdict(list)
         self.clock = T0
         self.nonce = 0
+        self.height = 0
 
     def get(self, key: str) -> bytes | None:
         return self.values.get(key)
@@ -46,24 +57,93 @@ class MemoryState:
     def history(self, key: str) -> list[tuple[str, int, bytes, bool]]:
         return list(reversed(self.changes[key]))
 
-    def call(self, msp: str, cert: str, function: str, *args: str, read_only: bool = False) -> Outcome:
+    def endorse(self, msp: str, cert: str, function: str, *args: str, read_only: bool = False) -> Endorsement:
+        """Simulate one call against the current state, recording what it read; change nothing."""
         self.clock += 1000
         self.nonce += 1
         creator = serialize_identity(msp, cert)
         nonce = self.nonce.to_bytes(24, "big")
         tx_id = new_tx_id(nonce, creator)
+        reader = RecordingReader(self)
         outcome = ContractRuntime.shared().execute(
-            self, function, list(args), creator=creator, nonce=nonce, tx_id=tx_id,
+            reader, function, list(args), creator=creator, nonce=nonce, tx_id=tx_id,
             timestamp_ms=self.clock, read_only=read_only,
         )
-        if outcome.ok and not read_only:
-            for key, value in outcome.writes.items():
-                if value is None:
-                    self.values.pop(key, None)
-                else:
-                    self.values[key] = value
-                self.changes[key].append((tx_id, self.clock, value or b"", value is None))
-        return outcome
+        return Endorsement(outcome, tx_id, self.clock, reader.reads, reader.ranges)
+
+    def validate(self, endorsement: Endorsement) -> str:
+        """Fabric's commit-time check: every key and every range read must be unchanged."""
+        for key, version in endorsement.reads.items():
+            if self.versions.get(key) != version:
+                return "MVCC_READ_CONFLICT"
+        for (start, end), seen in endorsement.ranges.items():
+            if [(k, self.versions[k]) for k, _ in self.range(start, end)] != seen:
+                return "PHANTOM_READ_CONFLICT"
+        return "VALID"
+
+    def commit(self, endorsement: Endorsement) -> str:
+        """Apply an endorsed write set if it still validates; the validation code."""
+        assert endorsement.outcome.ok, endorsement.outcome.message
+        status = self.validate(endorsement)
+        if status == "VALID":
+            self._apply(endorsement)
+        return status
+
+    def call(self, msp: str, cert: str, function: str, *args: str, read_only: bool = False) -> Outcome:
+        endorsement = self.endorse(msp, cert, function, *args, read_only=read_only)
+        if endorsement.outcome.ok and not read_only:
+            self._apply(endorsement)
+        return endorsement.outcome
+
+    def _apply(self, endorsement: Endorsement) -> None:
+        self.height += 1
+        for key, value in endorsement.outcome.writes.items():
+            if value is None:
+                self.values.pop(key, None)
+                self.versions.pop(key, None)
+            else:
+                self.values[key] = value
+                self.versions[key] = self.height
+            self.changes[key].append((endorsement.tx_id, endorsement.timestamp_ms, value or b"", value is None))
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """A simulated call with its read set: key → version read (``None``: absent), range → rows seen."""
+
+    outcome: Outcome
+    tx_id: str
+    timestamp_ms: int
+    reads: dict[str, int | None]
+    ranges: dict[tuple[str, str], list[tuple[str, int]]]
+
+    def touches(self, key: str) -> bool:
+        """Whether a write of ``key`` would change what this call read."""
+        raw = key.encode()
+        return key in self.reads or any(
+            start.encode() <= raw and (not end or raw < end.encode()) for start, end in self.ranges
+        )
+
+
+class RecordingReader:
+    """A :class:`MemoryState` as the contract's StateReader, keeping the read set as a peer does."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+        self.reads: dict[str, int | None] = {}
+        self.ranges: dict[tuple[str, str], list[tuple[str, int]]] = {}
+
+    def get(self, key: str) -> bytes | None:
+        self.reads.setdefault(key, self.state.versions.get(key))
+        return self.state.get(key)
+
+    def range(self, start: str, end: str) -> list[tuple[str, bytes]]:
+        rows = self.state.range(start, end)
+        self.ranges[(start, end)] = [(k, self.state.versions[k]) for k, _ in rows]
+        return rows
+
+    def history(self, key: str) -> list[tuple[str, int, bytes, bool]]:
+        return self.state.history(key)
 
 
 @pytest.fixture
@@ -282,3 +362,177 @@ def test_a_rejected_entry_must_say_why(pki: TestPKI) -> None:
     rec = {"round": 1, "base_model": digest("g"), "scorer": {}, "entries": [{"participant": "x", "status": "rejected"}]}
 
     assert _record_round(state, pki, rec).message == "INVALID: rejected entry of 'x' must carry a reason"
+
+
+# --- concurrency: read and write sets as Fabric validates them ----------------------------
+
+
+def _ck(kind: str, *attrs: str) -> str:
+    """A composite key, spelled out (as the library builds it)."""
+    return "\x00" + kind + "\x00" + "".join(f"{a}\x00" for a in attrs)
+
+
+def _federation(pki: TestPKI) -> MemoryState:
+    state = MemoryState()
+    assert state.call(*_as(pki, "CoordinatorMSP"), "InitFederation", "fed-1", _policy()).ok
+    return state
+
+
+def _register(
+    state: MemoryState, pki: TestPKI, msp: str, pid: str, fed: str = "fed-1", leaf: Leaf | None = None
+) -> Endorsement:
+    pem = (leaf or pki.leaf(msp, pid)).pem
+    return state.endorse(*_as(pki, msp), "RegisterParticipant", fed, pid, pem, "{}")
+
+
+def _pubkey_key(leaf: Leaf) -> str:
+    spki = leaf.cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return _ck("pubkey", "fed-1", hashlib.sha256(spki).hexdigest())
+
+
+def test_two_registrations_by_one_org_write_disjoint_keys_and_read_nothing_the_other_writes(pki: TestPKI) -> None:
+    state = _federation(pki)
+
+    leaves = {pid: pki.leaf("BankAMSP", pid) for pid in ("bank-a1", "bank-a2")}
+
+    # Both simulated against the same committed state, as two concurrent submissions are.
+    first, second = (_register(state, pki, "BankAMSP", pid, leaf=leaf) for pid, leaf in leaves.items())
+
+    assert first.outcome.ok and second.outcome.ok
+    for endorsement, (pid, leaf) in zip((first, second), leaves.items(), strict=True):
+        assert set(endorsement.outcome.writes) == {
+            _ck("participant", "fed-1", pid), _ck("orgmember", "fed-1", "BankAMSP", pid), _pubkey_key(leaf)
+        }
+        assert set(endorsement.reads) == {_ck("fed", "fed-1"), _ck("participant", "fed-1", pid), _pubkey_key(leaf)}
+    assert not set(first.outcome.writes) & set(second.outcome.writes)
+    assert first.ranges == second.ranges == {}
+    assert not [k for k in second.outcome.writes if first.touches(k)]
+    assert not [k for k in first.outcome.writes if second.touches(k)]
+    assert (state.commit(first), state.commit(second)) == ("VALID", "VALID")
+    listed = json.loads(state.call(*_as(pki, "AuditorMSP"), "ListParticipants", "fed-1", read_only=True).payload)
+    assert [(p["id"], p["msp_id"]) for p in listed] == [("bank-a1", "BankAMSP"), ("bank-a2", "BankAMSP")]
+
+
+def test_registrations_that_must_exclude_each_other_still_conflict(pki: TestPKI) -> None:
+    state = _federation(pki)
+    leaf = pki.leaf("BankAMSP", "bank-a1")
+
+    same_id = [_register(state, pki, msp, "bank-x") for msp in ("BankAMSP", "BankBMSP")]
+    same_key = [
+        state.endorse(*_as(pki, "BankAMSP"), "RegisterParticipant", "fed-1", pid, leaf.pem, "{}")
+        for pid in ("bank-a1", "bank-a9")
+    ]
+
+    assert [state.commit(e) for e in same_id] == ["VALID", "MVCC_READ_CONFLICT"]
+    assert [state.commit(e) for e in same_key] == ["VALID", "MVCC_READ_CONFLICT"]
+
+
+def _bank_with_tokens(pki: TestPKI) -> tuple[MemoryState, dict[str, Leaf]]:
+    """fed-1 with bank-a (50 tokens), bank-b and bank-c admitted; round 1 committed."""
+    state = _federation(pki)
+    coordinator = _as(pki, "CoordinatorMSP")
+    leaves = {pid: pki.leaf(msp, pid) for pid, msp in (("bank-a", "BankAMSP"), ("bank-b", "BankBMSP"),
+                                                        ("bank-c", "BankCMSP"))}
+    for pid, leaf in leaves.items():
+        msp = f"Bank{pid[-1].upper()}MSP"
+        assert state.call(*_as(pki, msp), "RegisterParticipant", "fed-1", pid, leaf.pem, "{}").ok
+        assert state.call(*coordinator, "AdmitParticipant", "fed-1", pid).ok
+    rec = record(1, digest("g"), [accepted(leaves["bank-a"], "bank-a", "fed-1", 1, digest("g"))])
+    assert state.call(*coordinator, "RecordRound", "fed-1", "1", rec.canonical().decode()).ok
+    assert state.call(*coordinator, "CommitModel", "fed-1", "1", commit_for(rec, digest("m1")).canonical().decode()).ok
+    assert state.call(*coordinator, "IssueRewards", "fed-1", "1", '{"bank-a":50}').ok
+    return state, leaves
+
+
+def test_transfer_finds_its_sender_with_one_unpaginated_range_read_before_its_puts(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, _ = _bank_with_tokens(pki)
+    seen: list[tuple[str, ...]] = []
+
+    class RecordingPeer(EmbeddedPeer):
+        async def handle_get_state_by_range(  # type: ignore[override]
+            self, collection: str, start_key: str, end_key: str, channel_id: str, tx_id: str, metadata: object = None
+        ) -> object:
+            seen.append(("range", start_key, end_key, repr(metadata)))
+            return await super().handle_get_state_by_range(collection, start_key, end_key, channel_id, tx_id, metadata)
+
+        async def handle_put_state(  # type: ignore[override]
+            self, collection: str, key: str, value: bytes, channel_id: str, tx_id: str
+        ) -> None:
+            seen.append(("put", key))
+            await super().handle_put_state(collection, key, value, channel_id, tx_id)
+
+    monkeypatch.setattr(runtime_module, "EmbeddedPeer", RecordingPeer)
+    outcome = state.call(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-b", "20")
+
+    assert json.loads(outcome.payload) == {"amount": 20, "federation": "fed-1", "from": "bank-a", "to": "bank-b"}
+    prefix = _ck("orgmember", "fed-1", "BankAMSP")
+    # No query metadata, so no page size: the peer runs a plain range scan and allows writes after it.
+    assert seen == [
+        ("range", prefix, prefix + "\U0010ffff", "None"),
+        ("put", _ck("balance", "fed-1", "bank-a")),
+        ("put", _ck("balance", "fed-1", "bank-b")),
+    ]
+
+
+def test_transfer_counts_only_the_callers_org_in_this_federation(pki: TestPKI) -> None:
+    state, leaves = _bank_with_tokens(pki)
+    coordinator = _as(pki, "CoordinatorMSP")
+    # Same MSP in a federation whose id extends "fed-1": the key's separator keeps them apart.
+    assert state.call(*coordinator, "InitFederation", "fed-10", _policy()).ok
+    assert state.commit(_register(state, pki, "BankAMSP", "bank-a2", fed="fed-10")) == "VALID"
+
+    outcome = state.call(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-c", "5")
+
+    assert outcome.ok, outcome.message
+    assert json.loads(outcome.payload)["from"] == "bank-a"
+
+
+@pytest.mark.parametrize(("registered", "found"), [(0, 0), (2, 2), (3, 3)])
+def test_transfer_is_refused_unless_the_callers_org_registered_exactly_one_participant(
+    pki: TestPKI, registered: int, found: int
+) -> None:
+    state, _ = _bank_with_tokens(pki)
+    coordinator = _as(pki, "CoordinatorMSP")
+    state.call(*coordinator, "RevokeParticipant", "fed-1", "bank-c", "left")  # revoked still counts
+    for i in range(registered - 1):
+        assert state.commit(_register(state, pki, "BankCMSP", f"bank-c{i + 2}")) == "VALID"
+    caller = "BankCMSP" if registered else "CoordinatorMSP"
+
+    outcome = state.call(*_as(pki, caller), "Transfer", "fed-1", "bank-a", "1")
+
+    assert outcome.message == (
+        f"ACCESS_DENIED: Transfer needs exactly one participant registered by {caller} in federation fed-1; "
+        f"found {found}"
+    )
+
+
+def test_a_transfer_conflicts_with_a_registration_by_its_own_org_committed_first(pki: TestPKI) -> None:
+    state, _ = _bank_with_tokens(pki)
+    transfer = state.endorse(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-b", "1")
+    other_org = _register(state, pki, "BankBMSP", "bank-b2")
+    own_org = _register(state, pki, "BankAMSP", "bank-a2")
+
+    assert state.commit(other_org) == "VALID"
+    assert state.validate(transfer) == "VALID"
+    assert state.commit(own_org) == "VALID"
+    # The sender found by the range is no longer the only one: the peer's re-run range differs.
+    assert state.commit(transfer) == "PHANTOM_READ_CONFLICT"
+
+
+def test_balances_conflict_only_when_two_calls_move_the_same_participants_tokens(pki: TestPKI) -> None:
+    state, _ = _bank_with_tokens(pki)
+    assert state.call(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-b", "10").ok
+
+    a_to_c = state.endorse(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-c", "1")
+    b_to_c = state.endorse(*_as(pki, "BankBMSP"), "Transfer", "fed-1", "bank-c", "1")
+    registration = _register(state, pki, "BankCMSP", "bank-c2")
+    revocation = state.endorse(*_as(pki, "CoordinatorMSP"), "RevokeParticipant", "fed-1", "bank-b", "left")
+
+    assert all(e.outcome.ok for e in (a_to_c, b_to_c, registration, revocation))
+    # Independent of the transfer from bank-a: both commit first and it is still valid.
+    assert (state.commit(registration), state.commit(revocation), state.commit(a_to_c)) == ("VALID",) * 3
+    # A second credit to bank-c read bank-c's balance before the first one changed it.
+    assert [k for k in a_to_c.outcome.writes if b_to_c.touches(k)] == [_ck("balance", "fed-1", "bank-c")]
+    assert state.commit(b_to_c) == "MVCC_READ_CONFLICT"

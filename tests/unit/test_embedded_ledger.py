@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ledger.embedded import EmbeddedLedger
+from ledger.embedded.storage import display_key
 from ledger.errors import AccessDenied, LedgerCorrupted, LedgerError, LedgerUnavailable, TransactionRejected
 from ledger.factory import open_ledger
 from ledger.formats import canonical_json
@@ -222,6 +223,35 @@ def test_a_rejected_call_leaves_blocks_state_history_and_events_unchanged(
     assert ledger.verify_chain() == []
 
 
+# --- range reads inside a write -----------------------------------------------------------
+
+
+def test_a_range_read_inside_a_write_sees_every_committed_registration_and_the_chain_verifies(
+    ledger: EmbeddedLedger, pki: TestPKI, path: Path
+) -> None:
+    w = make_world(ledger.with_identity, pki)
+    w.run_round(1)
+    w.coordinator.issue_rewards(FED, 1, {"bank-c": 5})
+
+    # Transfer finds its sender by a partial-key range read, then writes, in one transaction.
+    sent = w.banks["bank-c"].transfer(FED, "bank-a", 2)
+    second = w.banks["bank-c"].register_participant(FED, "bank-c2", pki.leaf("BankCMSP", "bank-c2").pem, {})
+    with pytest.raises(AccessDenied, match=r"registered by BankCMSP in federation fed-1; found 2$"):
+        w.banks["bank-c"].transfer(FED, "bank-a", 1)
+
+    assert [display_key(x["key"]) for x in ledger.tx(sent.tx_id)[1]["writes"]] == [
+        "balance~fed-1~bank-a", "balance~fed-1~bank-c"
+    ]
+    written = [display_key(x["key"]) for x in ledger.tx(second.tx_id)[1]["writes"]]
+    assert written[:2] == ["orgmember~fed-1~BankCMSP~bank-c2", "participant~fed-1~bank-c2"]
+    assert (w.auditor.balance(FED, "bank-a"), w.auditor.balance(FED, "bank-c")) == (2, 3)
+    assert ledger.verify_chain() == []
+    _sql(path, "DELETE FROM state WHERE key = ?", b"\x00orgmember\x00fed-1\x00BankCMSP\x00bank-c2\x00")
+    assert ledger.verify_chain() == [
+        f"state key orgmember~fed-1~BankCMSP~bank-c2: missing, but block {second.block_number} wrote it"
+    ]
+
+
 # --- tamper evidence --------------------------------------------------------------------
 
 
@@ -337,7 +367,9 @@ def test_stored_values_are_canonical_json_that_ledger_records_reparse_to_the_sam
         if kind in _RECORDS:
             assert _RECORDS[kind].parse(bytes(value)).canonical() == bytes(value)
 
-    assert kinds == {"fed", "participant", "org", "chain", "round", "commit", "rewards", "roundtx", "balance", "pubkey"}
+    assert kinds == {
+        "fed", "participant", "orgmember", "pubkey", "chain", "round", "commit", "rewards", "roundtx", "balance"
+    }
 
 
 # --- factory ------------------------------------------------------------------------------

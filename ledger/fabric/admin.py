@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +33,15 @@ class AdminError(RuntimeError):
     """A Fabric admin tool failed; the message carries what it printed last."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SEVERE = re.compile(r"\b(PANI|FATA|ERRO)\b|Error:|error:")
+
+
 def _last_lines(text: str, n: int = 6) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-n:])
+    """What a tool said last, preferring its error lines over a Go stack trace."""
+    lines = [_ANSI.sub("", line).strip() for line in text.strip().splitlines() if line.strip()]
+    severe = [line for line in lines if _SEVERE.search(line)]
+    return " | ".join((severe or lines)[-n:])
 
 
 def run_tool(

@@ -187,8 +187,11 @@ class Network:
             self._wait_healthy([(o.name, f"{o.host}:{o.operations_port}") for o in self.top.orderers], deadline)
             if fresh:
                 say(f"joining the orderers to channel {self.top.channel}")
-                for o in self.top.orderers:
-                    admin.osnadmin_join(self.install, self.top, o, self._genesis)
+                with ThreadPoolExecutor(max_workers=len(self.top.orderers)) as pool:
+                    joins = [pool.submit(admin.osnadmin_join, self.install, self.top, o, self._genesis)
+                             for o in self.top.orderers]
+                    for join in joins:
+                        join.result()
             say(f"starting {len(self.top.peers)} peers")
             for p in self.top.peers:
                 self._spawn(p.name, [self.install.tool("peer"), "node", "start"],

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,6 +157,18 @@ class PeerAdmin:
         """``peer ARGS…`` as this organisation's admin."""
         return run_tool([self.install.tool("peer"), *args], env=self.env, timeout=timeout, check=check)
 
+    def submit(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """Run a command that orders a transaction, retrying while the ordering service has
+        no leader yet (``SERVICE_UNAVAILABLE`` for a few seconds after a (re)start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.run(*args, timeout=max(1.0, deadline - time.monotonic()))
+            except AdminError as exc:
+                if "SERVICE_UNAVAILABLE" not in str(exc) or time.monotonic() > deadline - 1:
+                    raise
+            time.sleep(0.5)
+
     def channels(self) -> list[str]:
         """Channels this peer has joined."""
         done = self.run("channel", "list", check=False, timeout=15)
@@ -176,11 +189,11 @@ class PeerAdmin:
 
     def approve(self, name: str, version: str, sequence: int, package_id: str, policy: str) -> None:
         """Approve a chaincode definition for this organisation (waits for its commit)."""
-        self.run(
+        self.submit(
             "lifecycle", "chaincode", "approveformyorg", *self._orderer_flags(),
             "--channelID", self.top.channel, "--name", name, "--version", version,
             "--sequence", str(sequence), "--package-id", package_id,
-            "--signature-policy", policy, "--waitForEventTimeout", "60s", timeout=90,
+            "--signature-policy", policy, "--waitForEventTimeout", "60s",
         )
 
     def commit(self, name: str, version: str, sequence: int, policy: str, peers: Sequence[Peer]) -> None:
@@ -192,11 +205,11 @@ class PeerAdmin:
         # carry 127.0.0.1 as a SAN, so no host-name override is needed.
         env_backup = self.env.pop("CORE_PEER_TLS_SERVERHOSTOVERRIDE")
         try:
-            self.run(
+            self.submit(
                 "lifecycle", "chaincode", "commit", *self._orderer_flags(),
                 "--channelID", self.top.channel, "--name", name, "--version", version,
                 "--sequence", str(sequence), "--signature-policy", policy, *flags,
-                "--waitForEventTimeout", "60s", timeout=90,
+                "--waitForEventTimeout", "60s",
             )
         finally:
             self.env["CORE_PEER_TLS_SERVERHOSTOVERRIDE"] = env_backup

@@ -167,7 +167,7 @@ class Network:
         if self.is_running():
             say("already running")
             return self.profile()
-        leftovers = [n for n in self._process_names() if processes.read_pid(self.top.pid_path(n))]
+        leftovers = [n for n in self._process_names() if self._pid(n)]
         if leftovers:
             raise NetworkError(
                 f"the network in {self.top.data_dir} is half running ({', '.join(leftovers)}); "
@@ -244,7 +244,7 @@ class Network:
         """Every process of an already created network is alive."""
         if not self.top.state_path.is_file():
             return False
-        return all(processes.read_pid(self.top.pid_path(n)) for n in self._process_names())
+        return all(self._pid(n) for n in self._process_names())
 
     def status(self) -> NetworkStatus:
         """Each node's process, health and block height, and the committed chaincode."""
@@ -404,7 +404,9 @@ class Network:
         return [o.name for o in top.orderers] + [p.name for p in top.peers] + [s.name for s in top.chaincode_servers]
 
     def _pid(self, name: str) -> int | None:
-        return processes.read_pid(self.top.pid_path(name))
+        pid = processes.read_pid(self.top.pid_path(name))
+        # A child of ours that exited stays a zombie until reaped: that is not running.
+        return pid if pid is not None and processes.pid_alive(pid) else None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         full_env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), **env}

@@ -11,10 +11,9 @@ share a block (otherwise nothing concurrent happened), and check the validation 
 * a Transfer that range-reads its sender and then writes commits, and its writes are
   really applied (a put after a *paginated* query would be dropped without an error).
 
-Needs the ``fabric_profile`` fixture: a :class:`~ledger.fabric.profile.ConnectionProfile`
-(or the path of one) of a running network whose chaincode is ``fedaudit``, with a coordinator organisation and
-at least one participant organisation whose CA key is in the profile (to issue
-participant certificates). Without it the tests are skipped, saying why.
+Runs on the session's real network (``fabric_profile``): a coordinator organisation and
+participant organisations whose CA keys are in the profile (to issue participant
+certificates).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import pytest
 from chaincode.fedaudit import CONTRACT_NAME
 from ledger.fabric.gateway import Contract, Gateway, SubmitResult, connect_from_profile
 from ledger.fabric.gateway_errors import CommitError, EndorseError
-from ledger.fabric.profile import ConnectionProfile, OrgProfile, load_profile
+from ledger.fabric.profile import ConnectionProfile, OrgProfile
 from ledger.pki import (
     CertificateAuthority,
     certificate_pem,
@@ -50,13 +49,9 @@ Outcome = SubmitResult | CommitError
 
 
 @pytest.fixture
-def profile(request: pytest.FixtureRequest) -> ConnectionProfile:
-    """The running network's connection profile, or a skip that says there is none."""
-    try:
-        found = request.getfixturevalue("fabric_profile")
-    except pytest.FixtureLookupError:
-        pytest.skip("no Fabric network: the fabric_profile fixture is not defined")
-    return found if isinstance(found, ConnectionProfile) else load_profile(found)
+def profile(fabric_profile: ConnectionProfile) -> ConnectionProfile:
+    """The session network's connection profile."""
+    return fabric_profile
 
 
 def _coordinator(profile: ConnectionProfile) -> str:

@@ -236,7 +236,11 @@ def orderer_config(top: Topology, install: FabricInstall, orderer: Orderer) -> d
     general["ListenPort"] = orderer.port
     general["TLS"] = {
         "Enabled": True, "PrivateKey": key, "Certificate": cert, "RootCAs": [ca],
-        "ClientAuthRequired": True, "ClientRootCAs": all_tls_cas(top),
+        # Fabric 3.1.5's BFT block synchroniser sends deliver requests without the TLS
+        # certificate hash that a client-authenticating listener demands, so a restarted
+        # BFT orderer could never catch up; BFT orderers therefore serve clients with
+        # server-side TLS (their cluster traffic stays authenticated by identity).
+        "ClientAuthRequired": top.consensus == "etcdraft", "ClientRootCAs": all_tls_cas(top),
     }
     # The cluster (raft / BFT) traffic shares the client listener and its TLS.
     general["Cluster"].update({"ClientCertificate": cert, "ClientPrivateKey": key})

@@ -94,6 +94,8 @@ def test_the_bft_channel_config_maps_four_consenters(sample_install: FabricInsta
     orderer = configtx(top, sample_install)["Profiles"]["FedLedgerChannel"]["Orderer"]
 
     assert orderer["OrdererType"] == "BFT"
+    # The BFT synchroniser cannot deliver from a client-authenticating listener.
+    assert orderer_config(top, sample_install, top.orderers[0])["General"]["TLS"]["ClientAuthRequired"] is False
     assert [c["ID"] for c in orderer["ConsenterMapping"]] == [1, 2, 3, 4]
     assert orderer["SmartBFT"]["RequestBatchMaxInterval"] == "100ms"
     assert "EtcdRaft" not in orderer

@@ -64,7 +64,7 @@ def measure(rounds: int = 6, participants: int = 3, local_epochs: int = 2) -> di
             plain_times.append(time.perf_counter() - t0)
             arrays = to_arrays(record)
 
-        ledger = open_ledger("embedded", cfg.ledger_path, coordinator_identity(cfg))
+        ledger = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
         try:
             strategy = AuditedFedAvg(ledger=ledger, artifacts=ArtifactStore(cfg.artifacts_path), federation=cfg.id,
                                      train_settings=settings, expected_nodes=participants)

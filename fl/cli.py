@@ -66,16 +66,23 @@ def demo(
     adversary: list[str] = typer.Option([], help="PARTICIPANT:KIND, repeatable (tamper, replay, foreign-key, wrong-base, nan, shape)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
     verbose: bool = typer.Option(False, help="Show Flower's own log."),
+    ledger: str = typer.Option("embedded", "--ledger", help="embedded, or fabric (a running `fedledger network`)."),
+    fabric_profile: Optional[Path] = typer.Option(
+        None, "--fabric-profile", help="Connection profile (default: the local network's, see `network up`)."),
 ) -> None:
-    """Run a federation of K institutions × N rounds on the embedded ledger."""
+    """Run a federation of K institutions × N rounds on the embedded ledger or on Fabric."""
     from fl.adversary import parse_adversaries
+    from fl.cli_network import default_profile
     from fl.demo import DemoError, run_demo
 
+    if ledger not in ("embedded", "fabric"):
+        _fail(f"--ledger must be embedded or fabric, not {ledger!r}", code=2)
+    profile = (fabric_profile or default_profile()) if ledger == "fabric" else None
     try:
         adversaries = parse_adversaries(adversary)
         result = run_demo(workdir, rounds=rounds, participants=participants,
-                          adversaries=adversaries, verbose=verbose)
-    except (DemoError, ValueError) as exc:
+                          adversaries=adversaries, verbose=verbose, ledger=ledger, fabric_profile=profile)
+    except (DemoError, ValueError, LedgerError) as exc:
         _fail(str(exc))
     summary = result.to_json()
     if as_json:
@@ -85,8 +92,8 @@ def demo(
 
 
 def _print_demo(summary: dict[str, Any]) -> None:
-    console.print(f"[bold]federation[/] {summary['federation']}  ledger {summary['ledger']['backend']} "
-                  f"({summary['ledger']['path']})")
+    where = summary["ledger"].get("path") or summary["ledger"].get("profile")
+    console.print(f"[bold]federation[/] {summary['federation']}  ledger {summary['ledger']['backend']} ({where})")
     for line in summary["onboarding"]:
         console.print(f"  {line['participant']} ({line['msp_id']}) registered tx {line['register_tx'][:12]}…, "
                       f"admitted tx {line['admit_tx'][:12]}…")
@@ -117,19 +124,16 @@ def _load_workdir_config(workdir: Path):  # type: ignore[no-untyped-def]
 
 
 def _open_audit(workdir: Path, federation: Optional[str]):  # type: ignore[no-untyped-def]
-    from fl.server_app import identity_paths
+    from fl.identities import member_credentials
     from ledger.factory import open_ledger
-    from ledger.pki import certificate_pem, load_certificate
-    from ledger.records import Identity
 
     cfg = _load_workdir_config(workdir)
     msp = cfg.auditor_msps[0] if cfg.auditor_msps else "AuditorMSP"
-    _, cert = identity_paths(cfg, "auditor", msp)
-    if not cfg.ledger_path.exists():
+    if cfg.ledger == "embedded" and not cfg.ledger_path.exists():
         _fail(f"{cfg.ledger_path}: no ledger here")
     try:
-        identity = Identity(msp_id=msp, cert_pem=certificate_pem(load_certificate(cert)))
-        return cfg, open_ledger(cfg.ledger, cfg.ledger_path, identity), federation or cfg.id
+        credentials = member_credentials(cfg, msp, "auditor")
+        return cfg, open_ledger(cfg.ledger_config, credentials), federation or cfg.id
     except (ValueError, LedgerError) as exc:  # KeyFileError, CertificateError are ValueErrors
         _fail(str(exc))
 
@@ -230,7 +234,7 @@ def rewards_issue(
 
     cfg = _load_workdir_config(workdir)
     try:
-        ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+        ledger = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
     except (ValueError, LedgerError) as exc:
         _fail(str(exc))
     try:

@@ -25,7 +25,7 @@ from ledger import processes
 from fl.deploy.client import EXIT_REFUSED, ClientPaths, ClientService, ClientSpec
 from fl.deploy.coordinator import CoordinatorPaths, CoordinatorService
 from fl.deploy.settings import load_deployment
-from fl.onboarding import default_identity_cert, identity_from_cert
+from fl.identities import member_credentials
 from fl.runtime import configure_logging
 from ledger.errors import LedgerError
 
@@ -131,8 +131,7 @@ def _status(pid_file: Path, state_file: Path) -> dict[str, Any]:
 def _coordinator_context(config: Path, msp_id: Optional[str], identity_cert: Optional[Path]):  # type: ignore[no-untyped-def]
     cfg = load_config(config.resolve())
     msp = msp_id or cfg.coordinator_msp
-    cert = identity_cert or default_identity_cert(cfg.workdir, "coordinator", msp)
-    return cfg, identity_from_cert(msp, cert)
+    return cfg, member_credentials(cfg, msp, "coordinator", cert=identity_cert)
 
 
 @coordinator_app.command("init")

@@ -24,7 +24,7 @@ from ledger.fabric.install import FabricInstall, InstallError, default_archive, 
 from ledger.fabric.network import Network, NetworkError, load_topology
 from ledger.fabric.topology import Topology
 
-__all__ = ["network_app", "open_network"]
+__all__ = ["network_app", "open_network", "default_profile"]
 
 network_app = typer.Typer(help="Install Fabric and drive a local Hyperledger Fabric network.",
                           no_args_is_help=True)
@@ -52,6 +52,11 @@ def _data_dir(given: Optional[Path]) -> Path:
         return given.expanduser().resolve()
     env = os.environ.get("FEDLEDGER_NETWORK_DIR")
     return Path(env).expanduser().resolve() if env else Path.home() / ".local" / "share" / "fedledger" / "network"
+
+
+def default_profile() -> Path:
+    """The connection profile of the local network (``--data-dir`` default)."""
+    return _data_dir(None) / "connection.json"
 
 
 def _install() -> FabricInstall:

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+from pydantic import ValidationError
 
 from fl import onboarding
 from fl.config import ConfigError, FederationConfig, load_config
+from fl.identities import member_credentials
+from ledger.factory import LedgerConfig
+from ledger.identity import Credentials
 from ledger.errors import LedgerError
 from ledger.formats import FormatError
 
@@ -67,6 +71,8 @@ FederationOpt = typer.Option(None, "--federation", help="Federation id.")
 MspOpt = typer.Option(None, "--msp-id", envvar="FEDLEDGER_MSP_ID", help="The caller's MSP id.")
 IdentityOpt = typer.Option(None, "--identity-cert", envvar="FEDLEDGER_IDENTITY_CERT",
                            help="The caller's X.509 certificate (PEM).")
+IdentityKeyOpt = typer.Option(None, "--identity-key", envvar="FEDLEDGER_IDENTITY_KEY",
+                              help="The caller's private key (PEM; Fabric signs every call with it).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document.")
 
 
@@ -81,24 +87,29 @@ def _load_optional(config: Path, needed: bool) -> FederationConfig | None:
 def _target(config: Path, ledger: Optional[Path], backend: Optional[str],
             federation: Optional[str]) -> tuple[onboarding.LedgerTarget, FederationConfig | None]:
     cfg = _load_optional(config, needed=ledger is None or federation is None)
-    base = onboarding.LedgerTarget.from_config(cfg) if cfg else None
-    target = onboarding.LedgerTarget(
-        kind=backend or (base.kind if base else "embedded"),
-        location=ledger or (base.location if base else Path()),
-        federation=federation or (base.federation if base else ""),
-    )
+    base = cfg.ledger_config if cfg else None
+    try:
+        ledger_config = LedgerConfig(
+            backend=backend or (base.backend if base else "embedded"),
+            path=ledger or (base.path if base else None),
+            profile=base.profile if base else None,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"{config}: {exc.errors()[0]['msg']}") from None
+    target = onboarding.LedgerTarget(ledger_config, federation or (cfg.id if cfg else ""))
     return target, cfg
 
 
 def _coordinator_identity(cfg: FederationConfig | None, msp_id: Optional[str],
-                          identity_cert: Optional[Path]):  # type: ignore[no-untyped-def]
+                          identity_cert: Optional[Path], identity_key: Optional[Path] = None) -> Credentials:
     msp = msp_id or (cfg.coordinator_msp if cfg else None)
     if msp is None:
         raise ConfigError("--msp-id is required without a federation file")
-    cert = identity_cert or (onboarding.default_identity_cert(cfg.workdir, "coordinator", msp) if cfg else None)
-    if cert is None:
+    if cfg is not None:
+        return member_credentials(cfg, msp, "coordinator", cert=identity_cert, key=identity_key)
+    if identity_cert is None:
         raise ConfigError("--identity-cert is required without a federation file")
-    return onboarding.identity_from_cert(msp, cert)
+    return Credentials.from_files(msp, identity_cert, identity_key)
 
 
 # Keys and CA -------------------------------------------------------------------------
@@ -172,7 +183,8 @@ def register_cmd(
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE stored with the registration."),
     config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
     federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
-    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+    identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Register an institution's certificate on the ledger, as that institution's org."""
     with _one_line_errors():
@@ -187,7 +199,10 @@ def register_cmd(
             raise ConfigError("--cert is required without a federation file")
         if ca_cert is None and org_dir is not None and (org_dir / "ca" / "ca.crt").exists():
             ca_cert = org_dir / "ca" / "ca.crt"
-        identity = onboarding.identity_from_cert(msp, identity_cert or cert_path)
+        if cfg is not None and (cfg.ledger == "fabric" or identity_cert is not None):
+            identity = member_credentials(cfg, msp, participant, cert=identity_cert, key=identity_key)
+        else:
+            identity = Credentials.from_files(msp, identity_cert or cert_path, identity_key)
         receipt = onboarding.register(target, identity, participant, cert_path, ca_cert_path=ca_cert,
                                       key_path=key, meta={"org": msp, **_parse_meta(meta)})
     payload = {"participant": participant, "federation": target.federation, "msp_id": msp,

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ledger.factory import LedgerConfig
 from ledger.formats import ID_PATTERN
 
 __all__ = [
@@ -83,6 +84,8 @@ class FederationConfig(_Model):
     rounds: int = Field(default=3, ge=1, le=10_000)
     workdir: Path = Path("work")
     ledger: Literal["embedded", "fabric"] = "embedded"
+    # The Fabric network's connection profile (``fedledger network up`` writes one).
+    fabric_profile: Path | None = None
     coordinator_msp: str = "CoordinatorMSP"
     auditor_msps: list[str] = Field(default_factory=lambda: ["AuditorMSP"])
     reward_budget: int = Field(default=1000, ge=0)
@@ -97,6 +100,15 @@ class FederationConfig(_Model):
     participants: list[ParticipantConfig] = Field(min_length=1)
 
     _valid_id = field_validator("id")(lambda value: _check_id(value, "federation id"))
+
+    @model_validator(mode="after")
+    def _fabric_needs_a_profile(self) -> FederationConfig:
+        if self.ledger == "fabric" and self.fabric_profile is None:
+            raise ValueError(
+                "ledger = \"fabric\" needs fabric_profile = \"<path of connection.json>\" "
+                "(`fedledger network up` prints it)"
+            )
+        return self
 
     @property
     def quorum(self) -> int:
@@ -118,6 +130,11 @@ class FederationConfig(_Model):
         return self.workdir / "ledger.db"
 
     @property
+    def ledger_config(self) -> LedgerConfig:
+        """Which ledger this federation records on (the one input of ``open_ledger``)."""
+        return LedgerConfig(backend=self.ledger, path=self.ledger_path, profile=self.fabric_profile)
+
+    @property
     def artifacts_path(self) -> Path:
         """The content-addressed artifact store."""
         return self.workdir / "artifacts"
@@ -133,7 +150,7 @@ class FederationConfig(_Model):
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    scalar = {"id", "rounds", "workdir", "ledger", "reward_budget", "data_seed"}
+    scalar = {"id", "rounds", "workdir", "ledger", "fabric_profile", "reward_budget", "data_seed"}
     out: dict[str, Any] = {}
     for name in scalar:
         value = environ.get(f"FEDLEDGER_{name.upper()}")
@@ -157,8 +174,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Federat
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [federation] must be a table")
     merged = {**section, **_env_overrides(os.environ if environ is None else environ)}
-    if "workdir" in merged and not Path(str(merged["workdir"])).is_absolute():
-        merged["workdir"] = path.parent / str(merged["workdir"])
+    for key in ("workdir", "fabric_profile"):
+        if merged.get(key) and not Path(str(merged[key])).expanduser().is_absolute():
+            merged[key] = path.parent / str(merged[key])
     # Relative data paths, like the workdir, are relative to the federation file.
     for participant in merged.get("participants") or []:
         if isinstance(participant, dict) and "data" in participant and not Path(str(participant["data"])).is_absolute():
@@ -179,6 +197,8 @@ def write_config(config: FederationConfig, path: Path) -> None:
         if getattr(config, key) is not None:
             lines.append(f"{key} = {_toml(getattr(config, key))}")
     lines.append(f"workdir = {_toml(str(config.workdir))}")
+    if config.fabric_profile is not None:
+        lines.append(f"fabric_profile = {_toml(str(config.fabric_profile))}")
     lines.append(f"auditor_msps = {_toml(config.auditor_msps)}")
     lines.append("")
     lines.append("[federation.training]")

@@ -10,6 +10,7 @@ the federation file, the PKI, the ledger, the artifact store and the round log.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,11 +21,11 @@ import structlog
 
 from fl import data as fl_data
 from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
+from fl.identities import CredentialsError, adopt_network_cas, member_credentials
 from fl.server_app import CoordinatorRun, federation_policy, identity_paths
 from ledger.factory import open_ledger
 from ledger.incentives import issue_pending_rewards
 from ledger.pki import certificate_pem, demo_identity
-from ledger.records import Identity
 
 __all__ = ["DemoResult", "prepare_federation", "run_demo", "MARKER"]
 
@@ -74,7 +75,10 @@ class DemoResult:
         final = self.run.summaries[-1].metrics.get("accuracy") if self.run.summaries else None
         return {
             "federation": self.config.id,
-            "ledger": {"backend": self.config.ledger, "path": str(self.config.ledger_path)},
+            "ledger": (
+                {"backend": "embedded", "path": str(self.config.ledger_path)} if self.config.ledger == "embedded"
+                else {"backend": "fabric", "profile": str(self.config.fabric_profile)}
+            ),
             "workdir": str(self.config.workdir),
             "participants": self.participants,
             "adversaries": self.adversaries,
@@ -98,24 +102,31 @@ def _fresh_workdir(workdir: Path) -> None:
 def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     """Identities, federation, registration by each institution, admission.
 
-    Returns one onboarding line per participant (register and admit tx ids).
+    On the embedded ledger every organisation gets a demo CA and its members demo
+    certificates; on Fabric the ledger identities are the network's and participant
+    signing certificates are issued by the network's org CAs. Returns one onboarding
+    line per participant (register and admit tx ids).
     """
     pki = cfg.workdir / "pki"
-    def identity(name: str, msp: str) -> Identity:
-        _, cert, _ = demo_identity(pki, name, msp)
-        return Identity(msp_id=msp, cert_pem=certificate_pem(cert))
-
-    coordinator = identity("coordinator", cfg.coordinator_msp)
-    for msp in cfg.auditor_msps:
-        identity("auditor", msp)
-    ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator)
+    if cfg.ledger == "fabric":
+        try:
+            adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
+        except CredentialsError as exc:
+            raise DemoError(str(exc)) from None
+    else:
+        demo_identity(pki, "coordinator", cfg.coordinator_msp)
+        for msp in cfg.auditor_msps:
+            demo_identity(pki, "auditor", msp)
+    coordinator = member_credentials(cfg, cfg.coordinator_msp, "coordinator")
+    ledger = open_ledger(cfg.ledger_config, coordinator)
     lines: list[dict[str, Any]] = []
     try:
         ledger.init_federation(cfg.id, federation_policy(cfg))
         for participant in cfg.participants:
-            member = identity(participant.id, participant.msp_id)
+            _, cert, _ = demo_identity(pki, participant.id, participant.msp_id)
+            member = member_credentials(cfg, participant.msp_id, participant.id)
             reg = ledger.with_identity(member).register_participant(
-                cfg.id, participant.id, member.cert_pem, {"org": participant.msp_id}
+                cfg.id, participant.id, certificate_pem(cert), {"org": participant.msp_id}
             )
             adm = ledger.admit_participant(cfg.id, participant.id)
             lines.append({"participant": participant.id, "msp_id": participant.msp_id,
@@ -126,13 +137,18 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     return lines
 
 
-def demo_config(workdir: Path, rounds: int, participants: int, federation: str = "demo-fed") -> FederationConfig:
-    """The demo's federation: ``participants`` banks, embedded ledger, credit data."""
+def demo_config(
+    workdir: Path, rounds: int, participants: int, federation: str = "demo-fed",
+    *, ledger: str = "embedded", fabric_profile: Path | None = None,
+) -> FederationConfig:
+    """The demo's federation: ``participants`` banks on credit data, on the chosen ledger."""
     ids = default_participants(participants)
     return FederationConfig(
         id=federation,
         rounds=rounds,
         workdir=workdir.resolve(),
+        ledger=ledger,  # type: ignore[arg-type]
+        fabric_profile=fabric_profile.resolve() if fabric_profile else None,
         participants=[ParticipantConfig(id=p, msp_id=msp_for(p)) for p in ids],
     )
 
@@ -144,10 +160,22 @@ def run_demo(
     participants: int = 3,
     adversaries: Mapping[str, str] | None = None,
     verbose: bool = False,
+    ledger: str = "embedded",
+    fabric_profile: Path | None = None,
+    federation: str | None = None,
 ) -> DemoResult:
-    """Run the whole demo federation and return its summary."""
+    """Run the whole demo federation and return its summary.
+
+    On Fabric a channel outlives a demo, so each run creates a new federation id
+    (``demo-<hex>``) unless one is given.
+    """
     adversaries = dict(adversaries or {})
-    cfg = demo_config(workdir, rounds, participants)
+    if federation is None:
+        federation = "demo-fed" if ledger == "embedded" else f"demo-{secrets.token_hex(4)}"
+    try:
+        cfg = demo_config(workdir, rounds, participants, federation, ledger=ledger, fabric_profile=fabric_profile)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
     unknown = sorted(set(adversaries) - set(cfg.participant_ids()))
     if unknown:
         raise DemoError(f"adversary names unknown participant(s): {', '.join(unknown)}")
@@ -164,7 +192,7 @@ def _reward(cfg: FederationConfig, result: DemoResult) -> None:
     """The incentive module's pass after the rounds: rewards on the ledger, balances."""
     from fl.server_app import coordinator_identity
 
-    ledger = open_ledger(cfg.ledger, cfg.ledger_path, coordinator_identity(cfg))
+    ledger = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
     try:
         for issued in issue_pending_rewards(ledger, cfg.id):
             result.rewards[issued.round] = {"rewards": issued.rewards, "tx_id": issued.receipt.tx_id}

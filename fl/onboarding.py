@@ -26,7 +26,9 @@ from cryptography.x509.oid import NameOID
 
 from fl.config import FederationConfig
 from ledger import pki
-from ledger.factory import open_ledger
+from ledger.factory import LedgerConfig, open_ledger
+from fl.identities import pki_paths
+from ledger.identity import Credentials
 from ledger.protocol import Ledger
 from ledger.records import Identity, Participant, TxReceipt
 
@@ -51,19 +53,18 @@ __all__ = [
 class LedgerTarget:
     """Which ledger and federation a command talks to."""
 
-    kind: str
-    location: Path
+    ledger: LedgerConfig
     federation: str
 
     @classmethod
     def from_config(cls, cfg: FederationConfig) -> LedgerTarget:
         """The federation file's ledger and id."""
-        return cls(cfg.ledger, cfg.ledger_path, cfg.id)
+        return cls(cfg.ledger_config, cfg.id)
 
 
 def default_identity_cert(workdir: Path, name: str, msp_id: str) -> Path:
     """``<workdir>/pki/<msp>/<name>.crt``: where the demo and onboarding keep identities."""
-    return workdir / "pki" / msp_id / f"{name}.crt"
+    return pki_paths(workdir, msp_id, name)[1]
 
 
 def identity_from_cert(msp_id: str, cert_path: Path) -> Identity:
@@ -73,9 +74,9 @@ def identity_from_cert(msp_id: str, cert_path: Path) -> Identity:
 
 
 @contextmanager
-def open_target(target: LedgerTarget, identity: Identity) -> Iterator[Ledger]:
+def open_target(target: LedgerTarget, identity: Credentials | Identity) -> Iterator[Ledger]:
     """Open the ledger as ``identity`` and close it afterwards."""
-    ledger = open_ledger(target.kind, target.location, identity)
+    ledger = open_ledger(target.ledger, identity)
     try:
         yield ledger
     finally:

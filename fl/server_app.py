@@ -27,7 +27,8 @@ from fl.runtime import configure_logging
 from fl.strategy import AuditedFedAvg, RoundSummary, append_jsonl
 from ledger.artifacts import ArtifactStore
 from ledger.factory import open_ledger
-from ledger.pki import load_certificate, certificate_pem
+from fl.identities import member_credentials, pki_paths
+from ledger.identity import Credentials
 from ledger.formats import update_digest
 from ledger.records import FederationPolicy, Identity, ScorerSpec
 
@@ -47,14 +48,12 @@ log = structlog.get_logger("fedledger.coordinator")
 
 def identity_paths(cfg: FederationConfig, name: str, msp_id: str) -> tuple[Path, Path]:
     """(key, certificate) files of ``name`` in org ``msp_id`` under the workdir's PKI."""
-    org = cfg.workdir / "pki" / msp_id
-    return org / f"{name}.key", org / f"{name}.crt"
+    return pki_paths(cfg.workdir, msp_id, name)
 
 
-def coordinator_identity(cfg: FederationConfig) -> Identity:
-    """The coordinator's ledger identity (``CoordinatorMSP`` certificate)."""
-    _, cert = identity_paths(cfg, "coordinator", cfg.coordinator_msp)
-    return Identity(msp_id=cfg.coordinator_msp, cert_pem=certificate_pem(load_certificate(cert)))
+def coordinator_identity(cfg: FederationConfig) -> Credentials:
+    """The coordinator's ledger credentials (``CoordinatorMSP``)."""
+    return member_credentials(cfg, cfg.coordinator_msp, "coordinator")
 
 
 def initial_model(cfg: FederationConfig) -> dict[str, np.ndarray]:
@@ -106,7 +105,7 @@ def run_coordinator(
     timeout: float = 600.0,
 ) -> CoordinatorRun:
     """Resume from the ledger and run the remaining rounds of ``cfg``."""
-    ledger = open_ledger(cfg.ledger, cfg.ledger_path, identity)
+    ledger = open_ledger(cfg.ledger_config, identity)
     stop_metrics: Callable[[], None] = lambda: None  # noqa: E731
     try:
         artifacts = ArtifactStore(cfg.artifacts_path)

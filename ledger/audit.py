@@ -10,7 +10,7 @@ embedded ledger's hash chain; block inclusion on Fabric). Needs no Flower and no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ class AuditReport:
     head: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     round_problems: dict[int, list[str]] = field(default_factory=dict)
+    # Transactions holding the audited records, whose inclusion the integrity proof checks.
+    tx_ids: list[str] = field(default_factory=list)
+    transactions_proven: int = 0
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,7 @@ class AuditReport:
             "scores_recomputed": self.scores_recomputed,
             "rewards_recomputed": self.rewards_recomputed,
             "blocks_checked": self.blocks_checked,
+            "transactions_proven": self.transactions_proven,
             "head": self.head,
             "problems": self.problems,
         }
@@ -237,6 +241,7 @@ def audit_federation(
         if view.round != expected:
             report.problems.append(f"round {expected} is missing (found {view.round})")
         before = len(report.problems)
+        report.tx_ids += [r.tx_id for r in (view.record_tx, view.commit_tx, view.rewards_tx) if r is not None]
         model = _check_round(view, model, fed.policy, participants, artifacts, report)
         report.round_problems[view.round] = report.problems[before:]
         report.rounds += 1
@@ -245,30 +250,22 @@ def audit_federation(
     return report
 
 
-def backend_integrity(ledger: Ledger, pins: list[str] | tuple[str, ...] = ()) -> Callable[[AuditReport], None]:
-    """The backend's own proof, as an ``integrity`` hook for :func:`audit_federation`.
-
-    The embedded ledger re-hashes its block log and replays it against world state and
-    history; ``pins`` (``BLOCK:HASH`` from an earlier audit's head) catch a rewrite of
-    every block from some point on, which a self-consistent file cannot reveal.
-    """
+def backend_integrity(ledger: Ledger, pins: Sequence[str] = ()) -> Callable[[AuditReport], None]:
+    """The backend's own proof (:meth:`Ledger.integrity`), as an ``integrity`` hook for
+    :func:`audit_federation`: the embedded ledger replays its block log; Fabric blocks are
+    checked for inclusion, hash chain and orderer signatures. ``pins`` (``BLOCK:HASH``
+    from an earlier audit's head) catch a history rewritten from some block on."""
 
     def check(report: AuditReport) -> None:
-        verify_chain = getattr(ledger, "verify_chain", None)
-        if verify_chain is None:
-            report.problems.append(f"ledger: the {ledger.backend} backend cannot prove its integrity here")
+        try:
+            proof = ledger.integrity(pins, report.tx_ids)
+        except LedgerError as exc:
+            report.problems.append(f"ledger: its integrity cannot be checked: {exc}")
             return
-        report.problems.extend(f"ledger: {p}" for p in verify_chain())
-        report.blocks_checked = ledger.height()  # type: ignore[attr-defined]
-        report.head = dict(zip(("block", "hash"), ledger.head()))  # type: ignore[attr-defined]
-        for spec in pins:
-            number, _, expected = spec.partition(":")
-            try:
-                actual = ledger.block(int(number))["hash"]  # type: ignore[attr-defined]
-            except (ValueError, LedgerError) as exc:
-                report.problems.append(f"ledger: pinned block {number} cannot be read: {exc}")
-                continue
-            if actual != expected:
-                report.problems.append(f"ledger: block {number} hashes to {actual}, pinned as {expected}")
+        report.problems.extend(f"ledger: {p}" for p in proof.problems)
+        report.blocks_checked = proof.blocks_checked
+        report.transactions_proven = proof.transactions_proven
+        if proof.head is not None:
+            report.head = {"block": proof.head[0], "hash": proof.head[1]}
 
     return check

@@ -1,27 +1,71 @@
-"""Open a :class:`~ledger.protocol.Ledger` by backend name — the one place that knows them all."""
+"""Open a :class:`~ledger.protocol.Ledger` from its configuration — the one place that knows
+every backend. Callers choose a backend by configuration alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from ledger.errors import LedgerError
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from ledger.errors import LedgerUnavailable
+from ledger.identity import Credentials
 from ledger.protocol import Ledger
 from ledger.records import Identity
 
-__all__ = ["BACKENDS", "open_ledger"]
+__all__ = ["BACKENDS", "LedgerConfig", "open_ledger", "as_credentials"]
 
 BACKENDS = ("embedded", "fabric")
 
 
-def open_ledger(kind: str, location: Path | str, identity: Identity) -> Ledger:
-    """Open the ``kind`` ledger at ``location`` (a file for ``embedded``), called as ``identity``."""
-    if kind == "embedded":
+class LedgerConfig(BaseModel):
+    """Which ledger: the embedded SQLite file, or a Fabric channel named by a connection profile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["embedded", "fabric"] = "embedded"
+    path: Path | None = None
+    profile: Path | None = None
+    channel: str | None = None
+    chaincode: str | None = None
+
+    @model_validator(mode="after")
+    def _located(self) -> LedgerConfig:
+        if self.backend == "embedded" and self.path is None:
+            raise ValueError("the embedded ledger needs the path of its file")
+        if self.backend == "fabric" and self.profile is None:
+            raise ValueError(
+                "the fabric ledger needs a connection profile (fabric_profile in the federation file, "
+                "written by `fedledger network up`)"
+            )
+        return self
+
+    def describe(self) -> str:
+        """Where the ledger is, for messages and reports."""
+        return f"embedded:{self.path}" if self.backend == "embedded" else f"fabric:{self.profile}"
+
+
+def as_credentials(who: Credentials | Identity) -> Credentials:
+    """``who`` as credentials (an identity alone has no signer)."""
+    return who if isinstance(who, Credentials) else Credentials(who)
+
+
+def open_ledger(config: LedgerConfig, who: Credentials | Identity) -> Ledger:
+    """Open the configured ledger, called as ``who``.
+
+    The embedded backend needs only the identity; the Fabric backend signs every call
+    and refuses credentials without a signer.
+    """
+    credentials = as_credentials(who)
+    if config.backend == "embedded":
         from ledger.embedded import EmbeddedLedger
 
-        return EmbeddedLedger(Path(location), identity)
-    if kind == "fabric":
-        raise LedgerError(
-            "the fabric backend is not available: the Fabric Gateway client has not been built yet; "
-            "use the embedded backend"
-        )
-    raise ValueError(f"unknown ledger backend {kind!r}; expected one of {list(BACKENDS)}")
+        return EmbeddedLedger(Path(config.path), credentials.identity)  # type: ignore[arg-type]
+    from ledger.fabric.backend import FabricLedger
+    from ledger.fabric.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(config.profile)  # type: ignore[arg-type]
+    except ProfileError as exc:
+        raise LedgerUnavailable(f"the Fabric ledger cannot be opened: {exc}") from exc
+    return FabricLedger(profile, credentials, channel=config.channel, chaincode=config.chaincode)

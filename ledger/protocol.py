@@ -10,8 +10,11 @@ committed; failures raise a :class:`~ledger.errors.LedgerError` subclass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ledger.identity import Credentials
 from ledger.records import (
     Federation,
     FederationPolicy,
@@ -24,7 +27,22 @@ from ledger.records import (
     TxReceipt,
 )
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "IntegrityReport"]
+
+
+@dataclass
+class IntegrityReport:
+    """A backend's own proof of its history: blocks re-checked, the head to pin, problems."""
+
+    blocks_checked: int = 0
+    transactions_proven: int = 0
+    head: tuple[int, str] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No problem found."""
+        return not self.problems
 
 
 @runtime_checkable
@@ -41,8 +59,17 @@ class Ledger(Protocol):
         """Backend name (``embedded`` or ``fabric``) and location, for reports."""
         ...
 
-    def with_identity(self, identity: Identity) -> Ledger:
-        """The same ledger, called as ``identity``."""
+    def with_identity(self, who: Credentials | Identity) -> Ledger:
+        """The same ledger, called (and, where the backend signs, signed) as ``who``."""
+        ...
+
+    def integrity(self, pins: Sequence[str] = (), tx_ids: Sequence[str] = ()) -> IntegrityReport:
+        """Re-check the stored history independently of whoever serves it.
+
+        ``pins`` are ``BLOCK:HASH`` heads from earlier audits: a history rewritten from
+        some block on, even self-consistently, no longer matches them. ``tx_ids`` are
+        transactions that must be in that history, committed valid.
+        """
         ...
 
     # --- writes -------------------------------------------------------------------

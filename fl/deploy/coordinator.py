@@ -208,7 +208,7 @@ class CoordinatorService:
             log.info("superlink_started", pid=superlink.pid, address=self.deploy.superlink_address,
                      seconds=round(waited, 2))
             control = SuperLinkControl(self.deploy.superlink_address, tls.ca_cert)
-            ledger = open_ledger(self.cfg.ledger, self.cfg.ledger_path, self.identity)
+            ledger = open_ledger(self.cfg.ledger_config, self.identity)
             sync = self.sync_nodes(control, ledger)
             self._update(nodes=sync["active_nodes"], last_sync=sync, last_sync_at=time.time())
             if self.start_run:

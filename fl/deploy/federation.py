@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from fl.config import FederationConfig
 from ledger.factory import open_ledger
+from ledger.identity import Credentials
 from ledger.records import FederationPolicy, Identity, TxReceipt
 
 __all__ = ["init_federation"]
 
 
-def init_federation(cfg: FederationConfig, identity: Identity) -> tuple[TxReceipt, FederationPolicy]:
+def init_federation(cfg: FederationConfig, identity: Credentials | Identity) -> tuple[TxReceipt, FederationPolicy]:
     """``InitFederation`` as the coordinator; the receipt and the policy written."""
     # Imported here: the initial model pulls in torch, which the rest of the CLI never needs.
     from fl.server_app import federation_policy
 
     policy = federation_policy(cfg)
-    ledger = open_ledger(cfg.ledger, cfg.ledger_path, identity)
+    ledger = open_ledger(cfg.ledger_config, identity)
     try:
         return ledger.init_federation(cfg.id, policy), policy
     finally:

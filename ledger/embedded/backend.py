@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from ledger.errors import (
     TransactionRejected,
 )
 from ledger.formats import canonical_json
+from ledger.identity import Credentials
+from ledger.protocol import IntegrityReport
 from ledger.records import (
     Federation,
     FederationPolicy,
@@ -119,10 +121,13 @@ class EmbeddedLedger:
         """The SQLite file."""
         return self._path
 
-    def with_identity(self, identity: Identity) -> EmbeddedLedger:
-        """The same ledger (same file, connection and lock), called as ``identity``."""
+    def with_identity(self, who: Credentials | Identity) -> EmbeddedLedger:
+        """The same ledger (same file, connection and lock), called as ``who``.
+
+        Only the identity is used: the embedded ledger cannot check who holds its key.
+        """
         self._check_open()
-        return EmbeddedLedger._view(self, identity)
+        return EmbeddedLedger._view(self, who.identity if isinstance(who, Credentials) else who)
 
     def close(self) -> None:
         """Release this view; the file closes when the last view of it is closed."""
@@ -206,6 +211,30 @@ class EmbeddedLedger:
         return int(json.loads(self._evaluate("BalanceOf", [federation, participant]))["balance"])
 
     # --- the block log -----------------------------------------------------------------
+
+    def integrity(self, pins: Sequence[str] = (), tx_ids: Sequence[str] = ()) -> IntegrityReport:
+        """Re-hash the block log, replay it against state and history, find each of
+        ``tx_ids`` in a block, and check the pins."""
+        report = IntegrityReport(problems=self.verify_chain())
+        report.blocks_checked = self.height()
+        report.head = self.head()
+        for tx_id in dict.fromkeys(tx_ids):
+            try:
+                self.tx(tx_id)
+            except RecordNotFound:
+                report.problems.append(f"transaction {tx_id} is in no block")
+                continue
+            report.transactions_proven += 1
+        for spec in pins:
+            number, _, expected = spec.partition(":")
+            try:
+                actual = self.block(int(number))["hash"]
+            except (ValueError, RecordNotFound) as exc:
+                report.problems.append(f"pinned block {number} cannot be read: {exc}")
+                continue
+            if actual != expected:
+                report.problems.append(f"block {number} hashes to {actual}, pinned as {expected}")
+        return report
 
     def verify_chain(self) -> list[str]:
         """Re-hash every block and rebuild state/history/txs/events from them; [] = verified."""

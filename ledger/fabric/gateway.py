@@ -58,6 +58,7 @@ from ledger.fabric.proposals import (
     build_proposal,
     chaincode_events_request,
     check_prepared_transaction,
+    envelope_timestamp_ms,
     commit_status_request,
     load_identity,
     load_signer,
@@ -78,6 +79,7 @@ __all__ = [
     "ChaincodeEventStream",
     "ChainInfo",
     "connect_from_profile",
+    "connect_as",
     # re-exported: the whole client API from one module
     "Identity",
     "Signer",
@@ -137,6 +139,7 @@ class SubmitResult:
     tx_id: str
     block_number: int
     status: str = "VALID"
+    timestamp_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,7 @@ class Contract:
         try:
             check_prepared_transaction(envelope, signed.proposal_bytes)
             result = result_from_envelope(envelope)
+            timestamp_ms = envelope_timestamp_ms(envelope)
         except GatewayProtocolError as exc:
             exc.tx_id = tx_id
             raise
@@ -382,7 +386,7 @@ class Contract:
             error_type=SubmitError,
             tx_id=tx_id,
         )
-        return SubmittedTransaction(self.network, tx_id, result, status_request)
+        return SubmittedTransaction(self.network, tx_id, result, status_request, timestamp_ms)
 
     def submit(
         self,
@@ -434,10 +438,12 @@ class SubmittedTransaction:
         tx_id: str,
         result: bytes,
         status_request: gateway_pb2.SignedCommitStatusRequest,
+        timestamp_ms: int = 0,
     ) -> None:
         self.network = network
         self.tx_id = tx_id
         self.result = result
+        self.timestamp_ms = timestamp_ms
         self._status_request = status_request
         self._status: CommitStatus | None = None
 
@@ -454,7 +460,7 @@ class SubmittedTransaction:
             raise CommitError(
                 tx_id=self.tx_id, validation_code=status.name, block_number=status.block_number
             )
-        return SubmitResult(self.result, self.tx_id, status.block_number, status.name)
+        return SubmitResult(self.result, self.tx_id, status.block_number, status.name, self.timestamp_ms)
 
 
 @dataclass
@@ -619,6 +625,27 @@ def connect_from_profile(
         )
     if keys.key is None:
         raise ProfileError(f"{msp_id} identity {identity_name!r} has no private key in the profile")
+    return connect_as(
+        profile, load_identity(msp_id, keys.cert), load_signer(keys.key), peer,
+        deadlines=deadlines, retry=retry,
+    )
+
+
+def connect_as(
+    profile: ConnectionProfile,
+    identity: Identity,
+    signer: Signer | None,
+    peer: str | None = None,
+    *,
+    deadlines: Deadlines | None = None,
+    retry: RetryPolicy | None = None,
+) -> Gateway:
+    """A Gateway to ``peer`` (default: the identity's org's first peer) signing with ``signer``.
+
+    The TLS client certificate for mutual TLS is the organisation's, from the profile.
+    """
+    msp_id = identity.msp_id
+    org = profile.org(msp_id)
     endpoint = _choose_peer(profile, msp_id, peer)
     client_cert = client_key = None
     if org.tls_client is not None:
@@ -630,8 +657,8 @@ def connect_from_profile(
         endpoint.endpoint,
         tls_ca_pem=_read(endpoint.tls_ca, "peer TLS CA certificate"),
         server_name=endpoint.server_name,
-        identity=load_identity(msp_id, keys.cert),
-        signer=load_signer(keys.key),
+        identity=identity,
+        signer=signer,
         client_cert_pem=client_cert,
         client_key_pem=client_key,
         deadlines=deadlines,

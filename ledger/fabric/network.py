@@ -16,7 +16,6 @@ raises :class:`NetworkError` naming the cause.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import sys
@@ -330,8 +329,7 @@ class Network:
         top = self.top
 
         def org_profile(org: Org) -> OrgProfile:
-            base = top.org_crypto(org)
-            ca_dir = base / "ca"
+            ca_dir = top.org_ca_dir(org)
             identities = {}
             for role, user in (("admin", "Admin"), ("user", "User1")):
                 signcerts = top.user_crypto(org, user) / "msp" / "signcerts"
@@ -340,7 +338,7 @@ class Network:
             user_tls = top.user_crypto(org, "User1") / "tls"
             return OrgProfile(
                 msp_id=org.msp_id,
-                ca=KeyPair(cert=next(ca_dir.glob("*-cert.pem")), key=ca_dir / "priv_sk"),
+                ca=KeyPair(cert=ca_dir / "ca.crt", key=ca_dir / "ca.key"),
                 tls_ca=config.tls_ca(top, org),
                 peers=[
                     PeerEndpoint(name=p.host_name, endpoint=p.endpoint, server_name=p.host_name,
@@ -377,6 +375,8 @@ class Network:
         top.data_dir.mkdir(parents=True, exist_ok=True)
         crypto_yaml = config.write_yaml(top.data_dir / "channel" / "crypto-config.yaml", config.crypto_config(top))
         admin.cryptogen(self.install, crypto_yaml, top.crypto_dir)
+        for org in top.orgs:
+            self._write_org_ca(org)
         config.write_yaml(top.data_dir / "channel" / "configtx.yaml", config.configtx(top, self.install))
         admin.genesis_block(self.install, top.data_dir / "channel", top.channel, self._genesis)
         for o in top.orderers:
@@ -384,10 +384,22 @@ class Network:
         for p in top.peers:
             config.write_yaml(top.node_dir(p.name) / "core.yaml", config.peer_core(top, self.install, p))
 
+    def _write_org_ca(self, org: Org) -> None:
+        """The org CA as ``orgs/<MSP>/ca/{ca.crt,ca.key}``: the layout ``participant ca sign
+        --ca-dir`` reads, so an institution issues its participant certificate from the
+        same CA its Fabric identities come from."""
+        source = self.top.org_crypto(org) / "ca"
+        target = self.top.org_ca_dir(org)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(next(source.glob("*-cert.pem")), target / "ca.crt")
+        (target / "ca.key").touch(mode=0o600)
+        (target / "ca.key").chmod(0o600)
+        shutil.copyfile(source / "priv_sk", target / "ca.key")
+
     def _forget_partial(self) -> None:
         """Remove what a failed first ``up`` created (logs stay, for the diagnosis)."""
 
-        for part in ("crypto", "channel", "nodes", "chaincode", "pids"):
+        for part in ("crypto", "channel", "nodes", "chaincode", "orgs", "pids"):
             shutil.rmtree(self.top.data_dir / part, ignore_errors=True)
         self.top.profile_path.unlink(missing_ok=True)
 

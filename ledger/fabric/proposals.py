@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import Encoding
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
@@ -39,8 +35,8 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.fabric.gateway_errors import GatewayProtocolError
-from ledger.formats import normalize_low_s
-from ledger.pki import load_certificate, load_private_key
+from ledger.identity import Signer, load_signer, signer_from_key
+from ledger.pki import load_certificate
 
 __all__ = [
     "NONCE_BYTES",
@@ -55,15 +51,12 @@ __all__ = [
     "build_proposal",
     "check_prepared_transaction",
     "result_from_envelope",
+    "envelope_timestamp_ms",
     "commit_status_request",
     "chaincode_events_request",
 ]
 
 NONCE_BYTES = 24
-
-Signer = Callable[[bytes], bytes]
-"""Signs a SHA-256 digest; returns a DER-encoded ECDSA signature."""
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -79,31 +72,10 @@ class Identity:
         ).SerializeToString()
 
 
-def signer_from_key(private_key: ec.EllipticCurvePrivateKey) -> Signer:
-    """A :data:`Signer` for an ECDSA P-256 key whose signatures are always low-S."""
-    curve = getattr(private_key, "curve", None)
-    if not isinstance(curve, ec.SECP256R1):
-        raise ValueError("a Fabric signing key must be an ECDSA P-256 private key")
-
-    def sign(digest: bytes) -> bytes:
-        if len(digest) != 32:
-            raise ValueError(f"a SHA-256 digest is 32 bytes, got {len(digest)}")
-        der = private_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        # Peers refuse s > n/2 (both (r, s) and (r, n - s) verify; Fabric accepts one).
-        return normalize_low_s(der)
-
-    return sign
-
-
 def load_identity(msp_id: str, cert_path: str | os.PathLike[str]) -> Identity:
     """The identity of the certificate at ``cert_path``; a clear error names a bad file."""
     cert = load_certificate(cert_path)  # KeyFileError names the file and the problem
     return Identity(msp_id=msp_id, credentials=cert.public_bytes(Encoding.PEM))
-
-
-def load_signer(key_path: str | os.PathLike[str]) -> Signer:
-    """A low-S :data:`Signer` for the P-256 key at ``key_path`` (refused if others may read it)."""
-    return signer_from_key(load_private_key(Path(key_path)))
 
 
 class SigningIdentity:
@@ -257,6 +229,17 @@ def result_from_envelope(envelope: common_pb2.Envelope) -> bytes:
     except DecodeError as exc:
         raise GatewayProtocolError(f"the prepared transaction does not decode: {exc}") from exc
     raise GatewayProtocolError("the prepared transaction has no chaincode action")
+
+
+def envelope_timestamp_ms(envelope: common_pb2.Envelope) -> int:
+    """The transaction timestamp (ms) in a prepared envelope's channel header: the time
+    the contract read as its clock."""
+    try:
+        payload = common_pb2.Payload.FromString(envelope.payload)
+        header = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+    except DecodeError as exc:
+        raise GatewayProtocolError(f"the prepared transaction does not decode: {exc}") from exc
+    return header.timestamp.seconds * 1000 + header.timestamp.nanos // 1_000_000
 
 
 def commit_status_request(*, channel: str, tx_id: str, creator: bytes) -> bytes:

@@ -254,6 +254,10 @@ class Topology:
         """cryptogen's folder of a peer or member organisation."""
         return self.crypto_dir / "peerOrganizations" / org.domain
 
+    def org_ca_dir(self, org: Org) -> Path:
+        """The organisation's CA certificate and key, as ``participant ca`` keeps a CA."""
+        return self.data_dir / "orgs" / org.msp_id / "ca"
+
     def orderer_org_crypto(self, orderer: Orderer) -> Path:
         """cryptogen's folder of an orderer's organisation."""
         return self.crypto_dir / "ordererOrganizations" / orderer.domain

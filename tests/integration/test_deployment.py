@@ -1,6 +1,8 @@
 """Deployment mode for real: a coordinator and three institutions as separate processes on
-127.0.0.1, TLS and SuperNode authentication, two audited rounds on the embedded ledger,
-one institution revoked between the rounds, one node with an unregistered key refused,
+127.0.0.1, TLS and SuperNode authentication, two audited rounds — on the embedded ledger
+and on the session's real Fabric network (each institution registering with its own org
+identity, the coordinator recording as CoordinatorMSP, the auditor reading as AuditorMSP)
+— one institution revoked between the rounds, one node with an unregistered key refused,
 and every process stopped by pid at the end.
 
 The rounds run in two coordinator runs (``--rounds 1`` then ``--rounds 2``) so that the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,6 +30,7 @@ import pytest
 
 from fl import onboarding
 from fl.config import FederationConfig, ParticipantConfig, TrainingConfig, msp_for, write_config
+from fl.identities import adopt_network_cas, member_credentials
 from ledger import processes
 from fl.deploy.settings import project_root
 from fl.runtime import FLOWER_OFFLINE_ENV
@@ -121,14 +125,18 @@ class Deployment:
         return _wait_for(done, timeout, "the coordinator run to finish", self.coordinator_log)
 
 
-@pytest.fixture()
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    """A federation of three admitted banks on an embedded ledger; stops every process at the end."""
+@pytest.fixture(params=["embedded", "fabric"])
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """A federation of three admitted banks on the given ledger; stops every process at the end."""
     dep = Deployment(tmp_path)
     ports: set[int] = set()
     data = tmp_path / "data"
+    fabric = request.param == "fabric"
+    profile = request.getfixturevalue("fabric_network").top.profile_path if fabric else None
     cfg = FederationConfig(
-        id=FED, rounds=2, workdir=tmp_path,
+        # A Fabric channel outlives a test: a fresh federation id each time.
+        id=f"{FED}-{secrets.token_hex(3)}" if fabric else FED, rounds=2, workdir=tmp_path,
+        ledger=request.param, fabric_profile=profile,
         training=TrainingConfig(local_epochs=1),
         participants=[ParticipantConfig(id=b, msp_id=msp_for(b), data=data / f"{b}.csv") for b in BANKS],
     )
@@ -144,14 +152,20 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     fl_data.write_partitions_csv(fl_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
                                  data, list(BANKS))
     pki_dir = tmp_path / "pki"
-    pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
-    coordinator = onboarding.identity_from_cert(cfg.coordinator_msp, pki_dir / cfg.coordinator_msp / "coordinator.crt")
+    if fabric:
+        # Participant certificates come from the network's org CAs; ledger identities
+        # are the network's (its MSPs trust no other CA).
+        adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
+    else:
+        pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
+        pki.demo_identity(pki_dir, "auditor", "AuditorMSP")
+    coordinator = member_credentials(cfg, cfg.coordinator_msp, "coordinator")
     init_federation(cfg, coordinator)
     target = onboarding.LedgerTarget.from_config(cfg)
     for participant in cfg.participants:
         pki.demo_identity(pki_dir, participant.id, participant.msp_id)
         org = pki_dir / participant.msp_id
-        own = onboarding.identity_from_cert(participant.msp_id, org / f"{participant.id}.crt")
+        own = member_credentials(cfg, participant.msp_id, participant.id)
         onboarding.register(target, own, participant.id, org / f"{participant.id}.crt",
                             ca_cert_path=org / "ca" / "ca.crt", key_path=org / f"{participant.id}.key")
         onboarding.admit(target, coordinator, participant.id)
@@ -249,12 +263,13 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
     assert not any(processes.pid_alive(pid) for pid in stopped["tree"])
 
     # The ledger holds both rounds, once each; bank-c is absent from round 2.
-    reader = onboarding.identity_from_cert(
-        "CoordinatorMSP", dep.workdir / "pki" / "CoordinatorMSP" / "coordinator.crt")
-    ledger = open_ledger("embedded", dep.workdir / "ledger.db", reader)
+    assert dep.cfg is not None
+    fed = dep.cfg.id
+    reader = member_credentials(dep.cfg, "CoordinatorMSP", "coordinator")
+    ledger = open_ledger(dep.cfg.ledger_config, reader)
     try:
-        rounds = ledger.list_rounds(FED)
-        participants = {p.id: p.status for p in ledger.participants(FED)}
+        rounds = ledger.list_rounds(fed)
+        participants = {p.id: p.status for p in ledger.participants(fed)}
     finally:
         ledger.close()
     assert [r.round for r in rounds] == [1, 2]
@@ -269,3 +284,12 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
         for entry in view.record.entries:
             if entry.status == "accepted":
                 assert entry.node == node_ids[entry.participant]
+
+    # The auditor, with its own identity, re-checks everything (on Fabric: block
+    # inclusion, hash chain and orderer signatures too), and rewards are issued once.
+    issued = dep.cli_json("rewards", "issue", "--workdir", str(dep.workdir))
+    assert [r["round"] for r in issued] == [1, 2]  # type: ignore[index]
+    audit = dep.cli_json("audit", "verify", "--workdir", str(dep.workdir))
+    assert audit["ok"], audit["problems"]
+    assert audit["rounds"] == 2 and audit["aggregates_recomputed"] == 2
+    assert audit["blocks_checked"] >= rounds[1].commit_tx.block_number  # type: ignore[union-attr]

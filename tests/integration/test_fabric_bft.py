@@ -9,7 +9,6 @@ import secrets
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,6 @@ stops or reconfigures anything, and calls the chaincode one transaction at a tim
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time

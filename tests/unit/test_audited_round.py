@@ -34,7 +34,7 @@ def federation(tmp_path: Path):
     cfg = demo_config(tmp_path / "fed", rounds=3, participants=3)
     cfg.workdir.mkdir(parents=True)
     prepare_federation(cfg)
-    ledger = open_ledger("embedded", cfg.ledger_path, coordinator_identity(cfg))
+    ledger = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
     yield cfg, ledger
     ledger.close()
 

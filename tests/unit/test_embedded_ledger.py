@@ -15,7 +15,7 @@ import pytest
 from ledger.embedded import EmbeddedLedger
 from ledger.embedded.storage import display_key
 from ledger.errors import AccessDenied, LedgerCorrupted, LedgerError, LedgerUnavailable, TransactionRejected
-from ledger.factory import open_ledger
+from ledger.factory import LedgerConfig, open_ledger
 from ledger.formats import canonical_json
 from ledger.records import Federation, FederationPolicy, ModelCommit, Participant, RoundRecord
 from tests.fixtures.ledgers import FED, World, make_world
@@ -376,17 +376,25 @@ def test_stored_values_are_canonical_json_that_ledger_records_reparse_to_the_sam
 
 
 def test_open_ledger_opens_the_embedded_backend(path: Path, pki: TestPKI) -> None:
-    led = open_ledger("embedded", str(path), pki.identity("AuditorMSP"))
+    led = open_ledger(LedgerConfig(path=path), pki.identity("AuditorMSP"))
 
     assert isinstance(led, EmbeddedLedger) and led.backend == f"embedded:{path}"
     led.close()
 
 
-def test_open_ledger_says_clearly_that_fabric_is_not_available_yet(path: Path, pki: TestPKI) -> None:
-    with pytest.raises(LedgerError, match=r"^the fabric backend is not available: "):
-        open_ledger("fabric", path, pki.identity("AuditorMSP"))
-    with pytest.raises(ValueError, match="unknown ledger backend 'paper'"):
-        open_ledger("paper", path, pki.identity("AuditorMSP"))
+def test_a_ledger_config_names_what_each_backend_needs(tmp_path: Path, pki: TestPKI) -> None:
+    with pytest.raises(ValueError, match="the fabric ledger needs a connection profile"):
+        LedgerConfig(backend="fabric")
+    with pytest.raises(ValueError, match="the embedded ledger needs the path of its file"):
+        LedgerConfig(backend="embedded")
+    with pytest.raises(ValueError, match="backend"):
+        LedgerConfig(backend="paper", path=tmp_path)  # type: ignore[arg-type]
+
+
+def test_the_fabric_backend_says_which_profile_it_cannot_read(tmp_path: Path, pki: TestPKI) -> None:
+    missing = tmp_path / "nowhere" / "connection.json"
+    with pytest.raises(LedgerUnavailable, match=f"{missing}: no such connection profile"):
+        open_ledger(LedgerConfig(backend="fabric", profile=missing), pki.identity("AuditorMSP"))
 
 
 def test_access_errors_carry_the_transaction_id(world: World) -> None:

@@ -14,6 +14,7 @@ from fl import onboarding
 from fl.cli_participant import participant_app
 from ledger import pki
 from ledger.errors import AccessDenied, TransactionRejected
+from ledger.factory import LedgerConfig
 from ledger.records import FederationPolicy
 
 FED = "fed-1"
@@ -25,7 +26,7 @@ def world(tmp_path: Path):
     root = tmp_path / "pki"
     _, coord_cert, _ = pki.demo_identity(root, "coordinator", "CoordinatorMSP")
     coordinator = onboarding.identity_from_cert("CoordinatorMSP", root / "CoordinatorMSP" / "coordinator.crt")
-    target = onboarding.LedgerTarget("embedded", tmp_path / "ledger.db", FED)
+    target = onboarding.LedgerTarget(LedgerConfig(path=tmp_path / "ledger.db"), FED)
     with onboarding.open_target(target, coordinator) as ledger:
         ledger.init_federation(FED, FederationPolicy())
     pki.demo_identity(root, "bank-a", "BankAMSP")
@@ -131,7 +132,7 @@ def _json(result) -> dict:  # type: ignore[no-untyped-def]
 
 def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path: Path) -> None:
     target, _, _, _ = world
-    common = ["--ledger", str(target.location), "--federation", FED]
+    common = ["--ledger", str(target.ledger.path), "--federation", FED]
     coord = ["--msp-id", "CoordinatorMSP", "--identity-cert",
              str(tmp_path / "pki" / "CoordinatorMSP" / "coordinator.crt")]
 
@@ -158,7 +159,7 @@ def test_cli_failure_is_one_error_line_and_exit_1(world, tmp_path: Path) -> None
 
     result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--cert", str(bank_dir / "bank-a.crt"),
                                              "--key", str(bank_dir / "bank-a.key"), "--msp-id", "BankAMSP",
-                                             "--ledger", str(target.location), "--federation", FED])
+                                             "--ledger", str(target.ledger.path), "--federation", FED])
 
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1

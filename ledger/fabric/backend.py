@@ -1,0 +1,283 @@
+"""``FabricLedger``: the :class:`~ledger.protocol.Ledger` on a real Fabric channel.
+
+Every call is signed by the caller's own identity (its :class:`~ledger.identity.Credentials`)
+and sent through a peer's Gateway: queries are evaluated on one peer, writes are endorsed
+by a majority of the peer organisations, ordered and committed, and return only once the
+transaction is committed VALID. Errors are mapped at one boundary (:func:`_ledger_error`):
+the contract's stable codes become :mod:`ledger.errors` types, a transaction that was
+ordered but not VALID is :class:`~ledger.errors.CommitFailed`, and a peer that cannot be
+reached (after the client's retries inside its deadline) is
+:class:`~ledger.errors.LedgerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from ledger.errors import (
+    AccessDenied,
+    CommitFailed,
+    DuplicateRecord,
+    LedgerError,
+    LedgerUnavailable,
+    RecordNotFound,
+    TransactionRejected,
+)
+from ledger.fabric.gateway import (
+    CommitError,
+    Contract,
+    Deadlines,
+    GatewayError,
+    Network,
+    connect_as,
+)
+from ledger.fabric.proposals import Identity as FabricIdentity
+from ledger.fabric.profile import ConnectionProfile, ProfileError
+from ledger.formats import canonical_json
+from ledger.identity import Credentials
+from ledger.protocol import IntegrityReport
+from ledger.records import (
+    Federation,
+    FederationPolicy,
+    HistoryEntry,
+    Identity,
+    ModelCommit,
+    Participant,
+    RoundRecord,
+    RoundView,
+    TxReceipt,
+)
+
+__all__ = ["FabricLedger"]
+
+_CODES: dict[str, type[TransactionRejected]] = {
+    "ACCESS_DENIED": AccessDenied,
+    "NOT_FOUND": RecordNotFound,
+    "DUPLICATE": DuplicateRecord,
+    "INVALID": TransactionRejected,
+}
+_UNAVAILABLE = {
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+def _ledger_error(exc: GatewayError) -> LedgerError:
+    """The :mod:`ledger.errors` type for a Gateway failure (the one mapping boundary)."""
+    message = exc.chaincode_message
+    if message is not None:
+        code = message.split(":", 1)[0].strip()
+        if code in _CODES:
+            return _CODES[code](message, tx_id=exc.tx_id)
+    if isinstance(exc, CommitError):
+        return CommitFailed(
+            f"transaction {exc.tx_id} was not committed: {exc.validation_code} (block {exc.block_number})",
+            tx_id=exc.tx_id,
+        )
+    if exc.code in _UNAVAILABLE:
+        return LedgerUnavailable(f"the Fabric network is unavailable: {exc}", tx_id=exc.tx_id)
+    if exc.code == grpc.StatusCode.PERMISSION_DENIED:
+        return AccessDenied(f"ACCESS_DENIED: {exc}", tx_id=exc.tx_id)
+    return TransactionRejected(str(exc), tx_id=exc.tx_id)
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except GatewayError as exc:
+        raise _ledger_error(exc) from exc
+
+
+class FabricLedger:
+    """The ``fedaudit`` chaincode on a Fabric channel, called as one signing identity."""
+
+    def __init__(
+        self,
+        profile: ConnectionProfile,
+        credentials: Credentials,
+        *,
+        channel: str | None = None,
+        chaincode: str | None = None,
+        peer: str | None = None,
+        deadlines: Deadlines | None = None,
+    ) -> None:
+        if credentials.signer is None:
+            raise AccessDenied(
+                f"ACCESS_DENIED: {credentials.msp_id} has no signing key: every Fabric call is signed "
+                "by its caller"
+            )
+        self._profile = profile
+        self._credentials = credentials
+        self._channel_name = channel or profile.channel
+        self._chaincode = chaincode or profile.chaincode
+        self._peer = peer
+        self._deadlines = deadlines
+        fabric_identity = FabricIdentity(credentials.msp_id, credentials.identity.cert_pem.encode("ascii"))
+        try:
+            self._gateway = connect_as(profile, fabric_identity, credentials.signer, peer, deadlines=deadlines)
+        except ProfileError as exc:
+            raise LedgerUnavailable(f"cannot connect to Fabric: {exc}") from exc
+        self._network: Network = self._gateway.get_network(self._channel_name)
+        self._contract: Contract = self._network.get_contract(self._chaincode)
+        self._blocks_of: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # --- Ledger protocol: identity -----------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        """The caller identity every call is made as."""
+        return self._credentials.identity
+
+    @property
+    def backend(self) -> str:
+        """``fabric:<channel>/<chaincode>``."""
+        return f"fabric:{self._channel_name}/{self._chaincode}"
+
+    @property
+    def network(self) -> Network:
+        """The channel, for block and transaction look-ups (the auditor's proof)."""
+        return self._network
+
+    def with_identity(self, credentials: Credentials) -> FabricLedger:
+        """The same channel, called (and signed) as another identity."""
+        return FabricLedger(self._profile, credentials, channel=self._channel_name,
+                            chaincode=self._chaincode, deadlines=self._deadlines)
+
+    def close(self) -> None:
+        """Close the Gateway connection."""
+        self._gateway.close()
+
+    def __enter__(self) -> FabricLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- Ledger protocol: writes -------------------------------------------------------
+
+    def init_federation(self, federation: str, policy: FederationPolicy) -> TxReceipt:
+        """Create a federation; the caller's MSP becomes its coordinator."""
+        return self._submit("InitFederation", federation, policy.canonical().decode("utf-8"))
+
+    def register_participant(
+        self, federation: str, participant: str, cert_pem: str, meta: dict[str, Any]
+    ) -> TxReceipt:
+        """Register the caller's organisation's participant (status ``pending``)."""
+        return self._submit("RegisterParticipant", federation, participant, cert_pem,
+                            canonical_json(meta).decode("utf-8"))
+
+    def admit_participant(self, federation: str, participant: str) -> TxReceipt:
+        """Coordinator: make a participant ``active``."""
+        return self._submit("AdmitParticipant", federation, participant)
+
+    def revoke_participant(self, federation: str, participant: str, reason: str) -> TxReceipt:
+        """Coordinator: make a participant ``revoked``."""
+        return self._submit("RevokeParticipant", federation, participant, reason)
+
+    def record_round(self, federation: str, round: int, record: RoundRecord) -> TxReceipt:
+        """Coordinator: record every reply of a round (once per round)."""
+        return self._submit("RecordRound", federation, str(round), record.canonical().decode("utf-8"))
+
+    def commit_model(self, federation: str, round: int, commit: ModelCommit) -> TxReceipt:
+        """Coordinator: commit the round's aggregate (once, after ``record_round``)."""
+        return self._submit("CommitModel", federation, str(round), commit.canonical().decode("utf-8"))
+
+    def issue_rewards(self, federation: str, round: int, rewards: dict[str, int]) -> TxReceipt:
+        """Coordinator: mint integer token rewards for a committed round (once)."""
+        return self._submit("IssueRewards", federation, str(round), canonical_json(rewards).decode("utf-8"))
+
+    def transfer(self, federation: str, to: str, amount: int) -> TxReceipt:
+        """Participant: move ``amount`` of the caller's own tokens to ``to``."""
+        return self._submit("Transfer", federation, to, str(amount))
+
+    # --- Ledger protocol: queries ------------------------------------------------------
+
+    def get_federation(self, federation: str) -> Federation:
+        """The federation's stored definition."""
+        return Federation.parse(self._evaluate("GetFederation", federation))
+
+    def get_round(self, federation: str, round: int) -> RoundView:
+        """One round's record, commit and rewards, each with its tx id and block number."""
+        return self._round_views(self._evaluate("GetRound", federation, str(round)))[0]
+
+    def list_rounds(self, federation: str) -> list[RoundView]:
+        """Every recorded round, in round order."""
+        return self._round_views(self._evaluate("ListRounds", federation))
+
+    def participant(self, federation: str, participant: str) -> Participant:
+        """One participant's registration."""
+        return Participant.parse(self._evaluate("GetParticipant", federation, participant))
+
+    def participants(self, federation: str) -> list[Participant]:
+        """Every participant, sorted by id."""
+        return [Participant.parse(p) for p in json.loads(self._evaluate("ListParticipants", federation))]
+
+    def history(self, federation: str, participant: str) -> list[HistoryEntry]:
+        """Every change of a participant's record, oldest first."""
+        return [HistoryEntry.parse(e) for e in json.loads(self._evaluate("ParticipantHistory", federation, participant))]
+
+    def balance(self, federation: str, participant: str) -> int:
+        """A participant's token balance."""
+        return int(json.loads(self._evaluate("BalanceOf", federation, participant))["balance"])
+
+    # --- integrity ---------------------------------------------------------------------
+
+    def integrity(self, pins: Sequence[str] = (), tx_ids: Sequence[str] = ()) -> IntegrityReport:
+        """Fetch every block of the channel and check it independently of the peer that
+        served it: hash chain from the genesis block, data hashes, orderer signatures
+        against the channel configuration, and each of ``tx_ids`` in a block, VALID."""
+        from ledger.fabric.proof import prove_records
+
+        proof = prove_records(self._network, tx_ids, pins)
+        missing = [t for t in dict.fromkeys(tx_ids) if t not in proof.transactions]
+        return IntegrityReport(
+            blocks_checked=proof.blocks_checked,
+            transactions_proven=len(proof.transactions),
+            head=proof.head,
+            problems=[*proof.problems, *(f"transaction {t} is in no block of the channel" for t in missing
+                                         if not any(t in p for p in proof.problems))],
+        )
+
+    def block_of(self, tx_id: str) -> int:
+        """The number of the block that holds transaction ``tx_id`` (cached: blocks never change)."""
+        with self._lock:
+            known = self._blocks_of.get(tx_id)
+        if known is not None:
+            return known
+        with _mapped():
+            number = int(self._network.get_block_by_tx_id(tx_id).header.number)
+        with self._lock:
+            self._blocks_of[tx_id] = number
+        return number
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _submit(self, function: str, *args: str) -> TxReceipt:
+        with _mapped():
+            result = self._contract.submit(function, *args)
+        with self._lock:
+            self._blocks_of[result.tx_id] = result.block_number
+        return TxReceipt(tx_id=result.tx_id, block_number=result.block_number, timestamp_ms=result.timestamp_ms)
+
+    def _evaluate(self, function: str, *args: str) -> bytes:
+        with _mapped():
+            return self._contract.evaluate(function, *args)
+
+    def _round_views(self, payload: bytes) -> list[RoundView]:
+        raw = json.loads(payload)
+        views = raw if isinstance(raw, list) else [raw]
+        for view in views:
+            for field in ("record_tx", "commit_tx", "rewards_tx"):
+                stamp = view.get(field)
+                if stamp is not None:
+                    view[field] = {**stamp, "block_number": self.block_of(stamp["tx_id"])}
+        return [RoundView.parse(v) for v in views]
+

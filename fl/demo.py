@@ -108,12 +108,11 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     line per participant (register and admit tx ids).
     """
     pki = cfg.workdir / "pki"
-    if cfg.ledger == "fabric":
-        try:
-            adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
-        except CredentialsError as exc:
-            raise DemoError(str(exc)) from None
-    else:
+    try:
+        network_identities = adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
+    except CredentialsError as exc:
+        raise DemoError(str(exc)) from None
+    if not network_identities:
         demo_identity(pki, "coordinator", cfg.coordinator_msp)
         for msp in cfg.auditor_msps:
             demo_identity(pki, "auditor", msp)

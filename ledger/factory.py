@@ -13,7 +13,7 @@ from ledger.identity import Credentials
 from ledger.protocol import Ledger
 from ledger.records import Identity
 
-__all__ = ["BACKENDS", "LedgerConfig", "open_ledger", "as_credentials"]
+__all__ = ["BACKENDS", "LedgerConfig", "open_ledger", "as_credentials", "network_member", "network_ca"]
 
 BACKENDS = ("embedded", "fabric")
 
@@ -45,6 +45,48 @@ class LedgerConfig(BaseModel):
         return f"embedded:{self.path}" if self.backend == "embedded" else f"fabric:{self.profile}"
 
 
+def _profile(config: LedgerConfig):  # type: ignore[no-untyped-def]
+    from ledger.fabric.profile import ProfileError, load_profile
+
+    try:
+        return load_profile(config.profile)  # type: ignore[arg-type]
+    except ProfileError as exc:
+        raise LedgerUnavailable(f"the Fabric ledger cannot be opened: {exc}") from exc
+
+
+def network_member(config: LedgerConfig, msp_id: str) -> tuple[Path, Path] | None:
+    """``(certificate, key)`` of the organisation's client identity where the ledger's
+    network issues identities (Fabric: its MSPs trust no other CA); ``None`` where callers
+    bring their own (embedded)."""
+    if config.backend == "embedded":
+        return None
+    org = _org(config, msp_id)
+    keys = org.identities.get("user")
+    if keys is None or keys.key is None:
+        raise LedgerUnavailable(f"{config.profile}: {msp_id} has no client identity with a key")
+    return keys.cert, keys.key
+
+
+def network_ca(config: LedgerConfig, msp_id: str) -> tuple[Path, Path] | None:
+    """``(certificate, key)`` of the organisation's CA in the ledger's network, which must
+    issue its participants' certificates; ``None`` where any org CA will do (embedded)."""
+    if config.backend == "embedded":
+        return None
+    org = _org(config, msp_id)
+    if org.ca.key is None:
+        raise LedgerUnavailable(f"{config.profile}: the CA key of {msp_id} is not in the profile")
+    return org.ca.cert, org.ca.key
+
+
+def _org(config: LedgerConfig, msp_id: str):  # type: ignore[no-untyped-def]
+    from ledger.fabric.profile import ProfileError
+
+    try:
+        return _profile(config).org(msp_id)
+    except ProfileError as exc:
+        raise LedgerUnavailable(str(exc)) from exc
+
+
 def as_credentials(who: Credentials | Identity) -> Credentials:
     """``who`` as credentials (an identity alone has no signer)."""
     return who if isinstance(who, Credentials) else Credentials(who)
@@ -62,10 +104,5 @@ def open_ledger(config: LedgerConfig, who: Credentials | Identity) -> Ledger:
 
         return EmbeddedLedger(Path(config.path), credentials.identity)  # type: ignore[arg-type]
     from ledger.fabric.backend import FabricLedger
-    from ledger.fabric.profile import ProfileError, load_profile
 
-    try:
-        profile = load_profile(config.profile)  # type: ignore[arg-type]
-    except ProfileError as exc:
-        raise LedgerUnavailable(f"the Fabric ledger cannot be opened: {exc}") from exc
-    return FabricLedger(profile, credentials, channel=config.channel, chaincode=config.chaincode)
+    return FabricLedger(_profile(config), credentials, channel=config.channel, chaincode=config.chaincode)

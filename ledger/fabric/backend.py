@@ -62,6 +62,9 @@ _CODES: dict[str, type[TransactionRejected]] = {
     "DUPLICATE": DuplicateRecord,
     "INVALID": TransactionRejected,
 }
+# The chaincode server's code for a state call the peer itself refused (e.g. while it
+# shuts down): the caller's input was not at fault, so the call may be retried.
+_PEER_ERROR = "PEER_ERROR"
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
@@ -75,6 +78,8 @@ def _ledger_error(exc: GatewayError) -> LedgerError:
         code = message.split(":", 1)[0].strip()
         if code in _CODES:
             return _CODES[code](message, tx_id=exc.tx_id)
+        if code == _PEER_ERROR:
+            return LedgerUnavailable(message, tx_id=exc.tx_id)
     if isinstance(exc, CommitError):
         return CommitFailed(
             f"transaction {exc.tx_id} was not committed: {exc.validation_code} (block {exc.block_number})",

@@ -31,6 +31,7 @@ __all__ = [
     "BlockTransaction",
     "ChainInfo",
     "block_data_hash",
+    "block_header_bytes",
     "block_header_hash",
     "block_transactions",
     "decode_chain_info",
@@ -182,3 +183,11 @@ def find_transaction(block: common_pb2.Block, tx_id: str) -> BlockTransaction | 
         if transaction.tx_id == tx_id:
             return transaction
     return None
+
+
+def block_header_bytes(header: common_pb2.BlockHeader) -> bytes:
+    """The header's ASN.1 DER form — what orderers sign and :func:`block_header_hash` hashes."""
+    number = header.number
+    integer = number.to_bytes(number.bit_length() // 8 + 1, "big")
+    body = _der(0x02, integer) + _der(0x04, header.previous_hash) + _der(0x04, header.data_hash)
+    return _der(0x30, body)

@@ -152,11 +152,9 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
     fl_data.write_partitions_csv(fl_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
                                  data, list(BANKS))
     pki_dir = tmp_path / "pki"
-    if fabric:
-        # Participant certificates come from the network's org CAs; ledger identities
-        # are the network's (its MSPs trust no other CA).
-        adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
-    else:
+    # On Fabric participant certificates come from the network's org CAs and ledger
+    # identities are the network's (its MSPs trust no other CA).
+    if not adopt_network_cas(cfg, {p.msp_id for p in cfg.participants}):
         pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
         pki.demo_identity(pki_dir, "auditor", "AuditorMSP")
     coordinator = member_credentials(cfg, cfg.coordinator_msp, "coordinator")

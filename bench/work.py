@@ -4,12 +4,14 @@ The same three institutions train on the same partitions with the same seeds; ea
 round runs the real ClientApps one after the other (plain: no mods; audited: the signing
 mod) and then the coordinator's aggregation (plain: Flower's FedAvg; audited:
 verification, scoring, artifact store, RecordRound, FedAvg, CommitModel on the embedded
-ledger). No polling ticks blur the figures, so the ratio is the audit's real price for
-this workload; rounds 2..N are counted.
+ledger or on a real Fabric channel). No polling ticks blur the figures, so the ratio is
+the audit's real price for this workload; rounds 2..N are counted. ``ledger_s`` is the
+time the coordinator waits for RecordRound and CommitModel to commit.
 """
 
 from __future__ import annotations
 
+import secrets
 import statistics
 import tempfile
 import time
@@ -43,11 +45,15 @@ def _replies(app: Any, arrays: dict[str, Any], config: dict[str, Any], nodes: in
     return out
 
 
-def measure(rounds: int = 6, participants: int = 3, local_epochs: int = 2) -> dict[str, Any]:
-    """Median per-round work (rounds 2..N), plain and audited, and their ratio."""
+def measure(
+    rounds: int = 6, participants: int = 3, local_epochs: int = 2,
+    *, ledger: str = "embedded", fabric_profile: Path | None = None,
+) -> dict[str, Any]:
+    """Median per-round work (rounds 2..N), plain and audited, and their ratio, on ``ledger``."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = demo_config(Path(tmp) / "fed", rounds=rounds, participants=participants)
+        cfg = demo_config(Path(tmp) / "fed", rounds=rounds, participants=participants,
+                          federation=f"bench-{secrets.token_hex(4)}", ledger=ledger, fabric_profile=fabric_profile)
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"local_epochs": local_epochs})})
         cfg.workdir.mkdir(parents=True)
         prepare_federation(cfg)
@@ -64,9 +70,9 @@ def measure(rounds: int = 6, participants: int = 3, local_epochs: int = 2) -> di
             plain_times.append(time.perf_counter() - t0)
             arrays = to_arrays(record)
 
-        ledger = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
+        opened = open_ledger(cfg.ledger_config, coordinator_identity(cfg))
         try:
-            strategy = AuditedFedAvg(ledger=ledger, artifacts=ArtifactStore(cfg.artifacts_path), federation=cfg.id,
+            strategy = AuditedFedAvg(ledger=opened, artifacts=ArtifactStore(cfg.artifacts_path), federation=cfg.id,
                                      train_settings=settings, expected_nodes=participants)
             audited_app, audited_times, arrays, states = make_client_app(resolver), [], initial_model(cfg), {}
             for r in range(1, rounds + 1):
@@ -76,8 +82,11 @@ def measure(rounds: int = 6, participants: int = 3, local_epochs: int = 2) -> di
                 record, _ = strategy.aggregate_train(r, replies)
                 audited_times.append(time.perf_counter() - t0)
                 arrays = to_arrays(record)
+            ledger_times = [s.ledger_seconds for s in strategy.summaries]
         finally:
-            ledger.close()
+            opened.close()
     p, a = statistics.median(plain_times[1:]), statistics.median(audited_times[1:])
-    return {"participants": participants, "local_epochs": local_epochs, "rounds_counted": rounds - 1,
-            "plain_round_s": p, "audited_round_s": a, "ratio": a / p}
+    counted = ledger_times[1:]
+    return {"ledger": ledger, "participants": participants, "local_epochs": local_epochs,
+            "rounds_counted": rounds - 1, "plain_round_s": p, "audited_round_s": a, "ratio": a / p,
+            "ledger_s": statistics.median(counted), "ledger_s_min": min(counted), "ledger_s_max": max(counted)}

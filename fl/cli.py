@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fl.cli_deploy import client_app, coordinator_app
+from fl.cli_k8s import k8s_app
 from fl.cli_network import network_app
 from fl.cli_participant import participant_app
 from fl.config import ConfigError, load_config
@@ -342,6 +343,7 @@ def report(
 app.add_typer(participant_app, name="participant")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(client_app, name="client")
+app.add_typer(k8s_app, name="k8s")
 
 
 def main() -> None:

@@ -3,17 +3,21 @@
 Every call is signed by the caller's own identity (its :class:`~ledger.identity.Credentials`)
 and sent through a peer's Gateway: queries are evaluated on one peer, writes are endorsed
 by a majority of the peer organisations, ordered and committed, and return only once the
-transaction is committed VALID. Errors are mapped at one boundary (:func:`_ledger_error`):
-the contract's stable codes become :mod:`ledger.errors` types, a transaction that was
-ordered but not VALID is :class:`~ledger.errors.CommitFailed`, and a peer that cannot be
-reached (after the client's retries inside its deadline) is
-:class:`~ledger.errors.LedgerUnavailable`.
+transaction is committed VALID, and committed by every peer organisation of the profile
+that answers within a short wait, so that the next call, whoever makes it and whichever
+peers serve it, sees the write (:meth:`FabricLedger._await_peers`). Errors are mapped at
+one boundary (:func:`_ledger_error`): the contract's stable codes become
+:mod:`ledger.errors` types, a transaction that was ordered but not VALID is
+:class:`~ledger.errors.CommitFailed`, and a peer that cannot be reached (after the
+client's retries inside its deadline) is :class:`~ledger.errors.LedgerUnavailable`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +33,7 @@ from ledger.errors import (
     RecordNotFound,
     TransactionRejected,
 )
+from ledger.fabric.blocks import decode_chain_info
 from ledger.fabric.gateway import (
     CommitError,
     Contract,
@@ -65,14 +70,50 @@ _CODES: dict[str, type[TransactionRejected]] = {
 # The chaincode server's code for a state call the peer itself refused (e.g. while it
 # shuts down): the caller's input was not at fault, so the call may be retried.
 _PEER_ERROR = "PEER_ERROR"
+# How long a committed write waits for the other peer organisations to commit its block,
+# how long one of them has to answer, and how often they are asked.
+_PEERS_WITHIN_S = 5.0
+_PEER_ANSWER_S = 1.0
+_PEERS_POLL_S = 0.01
+# How a peer refuses a proposal whose creator it does not accept, before any chaincode
+# runs: "unknown" when no MSP of the channel turns the certificate into an identity (an
+# MSP id not in the channel, a certificate not issued by that MSP's CAs, or one without
+# a client or admin role); "[MSP]" when the identity is not valid (expired, revoked) or
+# the signature does not verify with the certificate's key. Both arrive as a bare
+# gRPC error with the peer's terse text.
+_CREATOR_REFUSED = re.compile(
+    r"access denied: channel \[[^\]]*\] creator org (unknown(?:, creator is malformed)?|\[[^\]]*\])"
+)
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
 }
 
 
-def _ledger_error(exc: GatewayError) -> LedgerError:
-    """The :mod:`ledger.errors` type for a Gateway failure (the one mapping boundary)."""
+def _creator_refusal(exc: GatewayError, msp_id: str) -> AccessDenied | None:
+    """:class:`AccessDenied`, in one readable line, if the peer refused the caller's identity."""
+    for text in (exc.message, *(d.message for d in exc.details)):
+        found = _CREATOR_REFUSED.search(text)
+        if found is None:
+            continue
+        if found.group(1).startswith("unknown"):
+            reason = (
+                f"the channel does not accept the caller's certificate as an identity of {msp_id}: it "
+                f"was not issued by a CA of {msp_id}, it carries no client or admin role, or {msp_id} is "
+                "not a member of the channel"
+            )
+        else:
+            reason = (
+                f"the channel refused the caller's identity of {msp_id}: the call was not signed with "
+                "its certificate's key, or the certificate is no longer valid (expired or revoked)"
+            )
+        return AccessDenied(f"ACCESS_DENIED: {reason} (peer: {found.group(0)})", tx_id=exc.tx_id)
+    return None
+
+
+def _ledger_error(exc: GatewayError, msp_id: str) -> LedgerError:
+    """The :mod:`ledger.errors` type for a Gateway failure of a call made as ``msp_id``
+    (the one mapping boundary)."""
     message = exc.chaincode_message
     if message is not None:
         code = message.split(":", 1)[0].strip()
@@ -85,6 +126,9 @@ def _ledger_error(exc: GatewayError) -> LedgerError:
             f"transaction {exc.tx_id} was not committed: {exc.validation_code} (block {exc.block_number})",
             tx_id=exc.tx_id,
         )
+    refused = _creator_refusal(exc, msp_id)
+    if refused is not None:
+        return refused
     if exc.code in _UNAVAILABLE:
         return LedgerUnavailable(f"the Fabric network is unavailable: {exc}", tx_id=exc.tx_id)
     if exc.code == grpc.StatusCode.PERMISSION_DENIED:
@@ -93,11 +137,11 @@ def _ledger_error(exc: GatewayError) -> LedgerError:
 
 
 @contextmanager
-def _mapped() -> Iterator[None]:
+def _mapped(msp_id: str) -> Iterator[None]:
     try:
         yield
     except GatewayError as exc:
-        raise _ledger_error(exc) from exc
+        raise _ledger_error(exc, msp_id) from exc
 
 
 class FabricLedger:
@@ -131,6 +175,8 @@ class FabricLedger:
             raise LedgerUnavailable(f"cannot connect to Fabric: {exc}") from exc
         self._network: Network = self._gateway.get_network(self._channel_name)
         self._contract: Contract = self._network.get_contract(self._chaincode)
+        self._qscc: Contract = self._network.get_contract("qscc")
+        self._peer_orgs = [msp for msp, org in profile.orgs.items() if org.peers]
         self._blocks_of: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -238,10 +284,14 @@ class FabricLedger:
     def integrity(self, pins: Sequence[str] = (), tx_ids: Sequence[str] = ()) -> IntegrityReport:
         """Fetch every block of the channel and check it independently of the peer that
         served it: hash chain from the genesis block, data hashes, orderer signatures
-        against the channel configuration, and each of ``tx_ids`` in a block, VALID."""
+        against the channel configuration, and each of ``tx_ids`` in a block, VALID —
+        its creator's signature, its chaincode and its endorsements checked too, against
+        the channel's own ``/Channel/Application/Endorsement`` policy."""
         from ledger.fabric.proof import prove_records
 
-        proof = prove_records(self._network, tx_ids, pins)
+        # The channel's policy: the genesis block is the audit's trust anchor, and this
+        # project's channels set it to the rule the chaincode is committed with.
+        proof = prove_records(self._network, tx_ids, pins, endorsement_policy=None, chaincode=self._chaincode)
         missing = [t for t in dict.fromkeys(tx_ids) if t not in proof.transactions]
         return IntegrityReport(
             blocks_checked=proof.blocks_checked,
@@ -257,7 +307,7 @@ class FabricLedger:
             known = self._blocks_of.get(tx_id)
         if known is not None:
             return known
-        with _mapped():
+        with _mapped(self._credentials.msp_id):
             number = int(self._network.get_block_by_tx_id(tx_id).header.number)
         with self._lock:
             self._blocks_of[tx_id] = number
@@ -266,14 +316,45 @@ class FabricLedger:
     # --- internals ---------------------------------------------------------------------
 
     def _submit(self, function: str, *args: str) -> TxReceipt:
-        with _mapped():
+        with _mapped(self._credentials.msp_id):
             result = self._contract.submit(function, *args)
         with self._lock:
             self._blocks_of[result.tx_id] = result.block_number
+        self._await_peers(result.block_number)
         return TxReceipt(tx_id=result.tx_id, block_number=result.block_number, timestamp_ms=result.timestamp_ms)
 
+    def _await_peers(self, block_number: int) -> None:
+        """Wait until every peer organisation of the profile has committed ``block_number``.
+
+        Each peer commits a block on its own, and the commit status came from this
+        connection's peer alone. Without the wait, a call that follows at once through
+        another organisation's peer, or endorsed by one, may still read the state before
+        the write: a registration sent right after InitFederation committed was refused
+        as ``NOT_FOUND: federation … does not exist`` by a bank's peer a few ms behind.
+        A peer that does not answer, or is still behind when the wait ends, is not waited
+        for: the write is committed and that peer serves it once it catches up.
+        """
+        deadline = time.monotonic() + _PEERS_WITHIN_S
+        waiting = list(self._peer_orgs)
+        while waiting:
+            behind = []
+            for msp in waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                try:
+                    info = self._qscc.evaluate("GetChainInfo", self._channel_name, target_orgs=[msp],
+                                               timeout=min(left, _PEER_ANSWER_S))
+                except GatewayError:
+                    continue  # unreachable now: not waited for
+                if decode_chain_info(info).height <= block_number:
+                    behind.append(msp)
+            waiting = behind
+            if waiting:
+                time.sleep(_PEERS_POLL_S)
+
     def _evaluate(self, function: str, *args: str) -> bytes:
-        with _mapped():
+        with _mapped(self._credentials.msp_id):
             return self._contract.evaluate(function, *args)
 
     def _round_views(self, payload: bytes) -> list[RoundView]:

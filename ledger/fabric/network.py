@@ -184,6 +184,9 @@ class Network:
             for o in self.top.orderers:
                 self._spawn(o.name, [self.install.tool("orderer")], {"FABRIC_CFG_PATH": str(self.top.node_dir(o.name))})
             self._wait_healthy([(o.name, f"{o.host}:{o.operations_port}") for o in self.top.orderers], deadline)
+            # /healthz can answer before the admin listener accepts connections.
+            for o in self.top.orderers:
+                self._wait_port(o.name, o.host, o.admin_port, deadline)
             if fresh:
                 say(f"joining the orderers to channel {self.top.channel}")
                 with ThreadPoolExecutor(max_workers=len(self.top.orderers)) as pool:
@@ -205,6 +208,8 @@ class Network:
                 self._start_chaincode_servers(definition)
             say("waiting for every peer's chaincode")
             self._warm_up(deadline)
+            say("waiting until every peer's Gateway can gather a majority's endorsements")
+            self._wait_endorsable(deadline)
         except BaseException as exc:
             stopped = self._stop_started()
             if fresh:
@@ -223,7 +228,9 @@ class Network:
         for server in self.top.chaincode_servers:
             processes.stop(self._pid(server.name) or 0, timeout=10)
         definition = self._deploy_chaincode(say, version, current.sequence + 1)
-        self._warm_up(time.monotonic() + 60)
+        deadline = time.monotonic() + 60
+        self._warm_up(deadline)
+        self._wait_endorsable(deadline)
         return definition
 
     def down(self, *, purge: bool = False) -> list[processes.StopResult]:
@@ -306,9 +313,11 @@ class Network:
                 return
         for p in self.top.peers:
             if p.name == name:
+                deadline = time.monotonic() + timeout
                 self._spawn(name, [self.install.tool("peer"), "node", "start"],
                             {"FABRIC_CFG_PATH": str(self.top.node_dir(name))})
-                self._wait_healthy([(name, f"{p.host}:{p.operations_port}")], time.monotonic() + timeout)
+                self._wait_healthy([(name, f"{p.host}:{p.operations_port}")], deadline)
+                self._wait_endorsable(deadline)
                 return
         for s in self.top.chaincode_servers:
             if s.name == name:
@@ -452,6 +461,14 @@ class Network:
             if pending:
                 time.sleep(0.1)
 
+    def _wait_port(self, name: str, host: str, port: int, deadline: float) -> None:
+        while _port_free(host, port):
+            if self._pid(name) is None:
+                raise NetworkError(f"{name} exited during start-up: {processes.tail(self.top.log_path(name), 3)}")
+            if time.monotonic() > deadline:
+                raise NetworkError(f"{name} does not listen on {host}:{port}")
+            time.sleep(0.05)
+
     def _wait_listening(self, server: ChaincodeServer, deadline: float) -> None:
         while _port_free(server.host, server.port):
             if self._pid(server.name) is None:
@@ -523,6 +540,34 @@ class Network:
         deadline = time.monotonic() + 30
         for server in self.top.chaincode_servers:
             self._wait_listening(server, deadline)
+
+    def _wait_endorsable(self, deadline: float) -> None:
+        """Until every peer's Gateway can plan an endorsement by a majority of the peer
+        organisations: gossip must have told it the other peers and their chaincode.
+
+        A read-only function is endorsed (never submitted): the contract's own refusal
+        means the plan was made and the chaincode ran; anything else means not yet.
+        """
+        from ledger.fabric.gateway import GatewayError, connect_from_profile
+
+        profile = self.profile()
+        pending = [p.org.msp_id for p in self.top.peers]
+        last: dict[str, str] = {}
+        while pending:
+            for msp in list(pending):
+                with connect_from_profile(profile, msp) as gateway:
+                    contract = gateway.get_network(self.top.channel).get_contract(self.top.chaincode)
+                    try:
+                        contract.submit_async("GetFederation", "warm-up")
+                    except GatewayError as exc:
+                        if (exc.chaincode_message or "").startswith("NOT_FOUND"):
+                            pending.remove(msp)
+                        else:
+                            last[msp] = str(exc)
+            if pending and time.monotonic() > deadline:
+                raise NetworkError(f"peers cannot plan endorsements yet: {', '.join(last.get(m, m) for m in pending)}")
+            if pending:
+                time.sleep(0.3)
 
     def _warm_up(self, deadline: float) -> None:
         """Evaluate on every peer until each has connected to its chaincode server."""

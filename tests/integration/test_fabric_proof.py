@@ -1,6 +1,8 @@
 """The auditor's proof against real Fabric networks: records written by the coordinator are
-proven from an AuditorMSP gateway (no peer of its own), and a peer that lies about a block
-is caught. ``fabric_network`` / ``fabric_profile`` are the session's etcdraft network."""
+proven from an AuditorMSP gateway (no peer of its own) — their creators and endorsements
+checked against the chaincode's committed endorsement policy — and a peer that lies about
+a block is caught, or, for an MVCC conflict it flags VALID, honestly not caught.
+``fabric_network`` / ``fabric_profile`` are the session's etcdraft network."""
 
 from __future__ import annotations
 
@@ -16,8 +18,15 @@ from fabric_protos.ledger.rwset.kvrwset import kv_rwset_pb2
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
 
 from ledger.fabric.blocks import ChainInfo
-from ledger.fabric.gateway import Network, SubmitResult, connect_from_profile
+from ledger.fabric.gateway import (
+    CommitError,
+    EndorseError,
+    Network,
+    SubmitResult,
+    connect_from_profile,
+)
 from ledger.fabric.install import FabricInstall
+from ledger.fabric.network import Network as FabricNetwork
 from ledger.fabric.profile import ConnectionProfile
 from ledger.fabric.proof import prove_records
 from tests.fixtures.fabric import start_network, stop_network
@@ -40,6 +49,46 @@ def submit_federations(profile: ConnectionProfile, count: int) -> list[SubmitRes
 @pytest.fixture(scope="module")
 def records(fabric_profile: ConnectionProfile) -> list[SubmitResult]:
     return submit_federations(fabric_profile, 3)
+
+
+@pytest.fixture(scope="module")
+def endorsement_policy(fabric_network: FabricNetwork) -> str:
+    """The policy the chaincode was committed with: what the consortium agreed to."""
+    return fabric_network.definition().policy
+
+
+def under_endorsed(profile: ConnectionProfile) -> CommitError:
+    """A transaction the coordinator had endorsed by its own peer only: ordered (orderers
+    do not check endorsements), then committed ENDORSEMENT_POLICY_FAILURE."""
+    with connect_from_profile(profile, "CoordinatorMSP") as gateway:
+        contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+        with pytest.raises(CommitError) as refused:
+            contract.submit("InitFederation", "proof-" + secrets.token_hex(5), POLICY,
+                            endorsing_orgs=["CoordinatorMSP"], commit_timeout=90)
+    assert refused.value.validation_code == "ENDORSEMENT_POLICY_FAILURE"
+    return refused.value
+
+
+def mvcc_conflict(profile: ConnectionProfile) -> CommitError:
+    """The loser of two writes of one key ordered together: committed MVCC_READ_CONFLICT."""
+    with connect_from_profile(profile, "CoordinatorMSP") as gateway:
+        contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+        for _ in range(5):
+            # Endorsed before the first commits (blocks are cut every 100 ms), both read
+            # "no such federation"; the peers then refuse the second.
+            fed = "proof-" + secrets.token_hex(5)
+            first = contract.submit_async("InitFederation", fed, POLICY)
+            try:
+                second = contract.submit_async("InitFederation", fed, POLICY)
+            except EndorseError:
+                first.wait(90)
+                continue  # the first had already committed: try again with a new id
+            first.wait(90)
+            with pytest.raises(CommitError) as conflict:
+                second.wait(90)
+            assert conflict.value.validation_code == "MVCC_READ_CONFLICT"
+            return conflict.value
+    pytest.fail("could not get two endorsements in before the first commit in 5 tries")
 
 
 class LyingNetwork:
@@ -92,12 +141,28 @@ def flag_first_transaction(block: common_pb2.Block) -> None:
     block.metadata.metadata[common_pb2.TRANSACTIONS_FILTER] = bytes(flags)
 
 
-def test_coordinator_records_are_proven_from_an_auditor_gateway(fabric_profile, records):
+def flag_valid(tx_id: str) -> Callable[[common_pb2.Block], None]:
+    """A change that marks transaction ``tx_id`` VALID in its block, as a lying peer would."""
+
+    def change(block: common_pb2.Block) -> None:
+        flags = bytearray(block.metadata.metadata[common_pb2.TRANSACTIONS_FILTER])
+        for i, raw in enumerate(block.data.data):
+            payload = common_pb2.Payload.FromString(common_pb2.Envelope.FromString(raw).payload)
+            if common_pb2.ChannelHeader.FromString(payload.header.channel_header).tx_id == tx_id:
+                flags[i] = transaction_pb2.VALID
+        block.metadata.metadata[common_pb2.TRANSACTIONS_FILTER] = bytes(flags)
+
+    return change
+
+
+def test_coordinator_records_are_proven_from_an_auditor_gateway(fabric_profile, records, endorsement_policy):
     with connect_from_profile(fabric_profile, "AuditorMSP") as gateway:
         network = gateway.get_network(fabric_profile.channel)
-        report = prove_records(network, [r.tx_id for r in records])
+        report = prove_records(network, [r.tx_id for r in records], endorsement_policy=endorsement_policy)
         assert report.ok, report.problems
         assert dict(report.transactions) == {r.tx_id: r.block_number for r in records}
+        assert report.endorsements_checked == 3
+        assert report.endorsement_policy == endorsement_policy
         assert report.head is not None and report.head[0] >= max(r.block_number for r in records)
         assert report.blocks_checked == report.head[0] + 1
 
@@ -131,6 +196,44 @@ def test_a_peer_that_flags_a_transaction_invalid_is_reported(fabric_profile, rec
     )
 
 
+def test_a_peer_that_flags_an_under_endorsed_transaction_valid_is_caught(fabric_profile, endorsement_policy):
+    """Endorsed by the coordinator alone (the client chose so), ordered, and refused by the
+    honest peers; a lying peer's VALID flag does not survive the endorsement check."""
+    refused = under_endorsed(fabric_profile)
+    with connect_from_profile(fabric_profile, "AuditorMSP") as gateway:
+        channel = gateway.get_network(fabric_profile.channel)
+        honest = prove_records(channel, [refused.tx_id], endorsement_policy=endorsement_policy)
+        liar = LyingNetwork(channel, refused.block_number, flag_valid(refused.tx_id))
+        lie = prove_records(liar, [refused.tx_id], endorsement_policy=endorsement_policy)
+
+    assert honest.problems == (
+        f"tx {refused.tx_id}: in block {refused.block_number} but TRANSACTIONS_FILTER says ENDORSEMENT_POLICY_FAILURE",
+    )
+    assert lie.problems == (
+        f"tx {refused.tx_id}: in block {refused.block_number} flagged VALID but its endorsements do not satisfy "
+        f"{endorsement_policy}: only CoordinatorMSP 'peer0.coordinator.fedledger.local' endorsed it",
+    )
+
+
+def test_a_peer_that_flags_an_mvcc_conflict_valid_is_not_caught_by_the_blocks_alone(
+    fabric_profile, endorsement_policy
+):
+    """The known limit: the loser of a write race was properly endorsed and signed, and
+    only its stale read made it invalid. Nothing in the blocks' signatures says so; a
+    replay of the earlier writes (or a second peer) would."""
+    conflict = mvcc_conflict(fabric_profile)
+    with connect_from_profile(fabric_profile, "AuditorMSP") as gateway:
+        channel = gateway.get_network(fabric_profile.channel)
+        honest = prove_records(channel, [conflict.tx_id], endorsement_policy=endorsement_policy)
+        liar = LyingNetwork(channel, conflict.block_number, flag_valid(conflict.tx_id))
+        lie = prove_records(liar, [conflict.tx_id], endorsement_policy=endorsement_policy)
+
+    assert honest.problems == (
+        f"tx {conflict.tx_id}: in block {conflict.block_number} but TRANSACTIONS_FILTER says MVCC_READ_CONFLICT",
+    )
+    assert lie.ok and lie.endorsements_checked == 1, lie.problems
+
+
 def test_records_on_a_bft_channel_are_proven_with_a_quorum_of_consenter_signatures(
     fabric_install: FabricInstall, tmp_path: Path
 ):
@@ -140,7 +243,8 @@ def test_records_on_a_bft_channel_are_proven_with_a_quorum_of_consenter_signatur
         submitted = submit_federations(profile, 2)
         with connect_from_profile(profile, "AuditorMSP") as gateway:
             channel = gateway.get_network(profile.channel)
-            report = prove_records(channel, [r.tx_id for r in submitted])
+            report = prove_records(channel, [r.tx_id for r in submitted],
+                                   endorsement_policy=network.definition().policy)
             signed = common_pb2.Metadata.FromString(
                 channel.get_block_by_number(submitted[0].block_number).metadata.metadata[common_pb2.SIGNATURES]
             )
@@ -152,5 +256,6 @@ def test_records_on_a_bft_channel_are_proven_with_a_quorum_of_consenter_signatur
 
     assert report.ok, report.problems
     assert dict(report.transactions) == {r.tx_id: r.block_number for r in submitted}
+    assert report.endorsements_checked == 2
     assert len(signed.signatures) >= 3 and all(s.identifier_header for s in signed.signatures)
     assert len(lie.problems) == 1 and lie.problems[0].startswith(f"block {submitted[1].block_number}: data hash ")

@@ -1,13 +1,18 @@
 """The auditor's proof on Fabric blocks: each check passes on real blocks and fails on a
 tampered copy. Blocks come from real Fabric 3.1.5 channels (etcdraft and BFT, captured
-once under tests/fixtures/fabric_blocks/) or are built here with test keys."""
+once under tests/fixtures/fabric_blocks/) or are built here with test keys — including
+transactions a client got ordered with too few, forged or wrong endorsements, which a
+lying peer then presents as VALID."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 from fabric_protos.common import common_pb2
+from fabric_protos.msp import identities_pb2
+from fabric_protos.peer import transaction_pb2
 
 from ledger.errors import LedgerUnavailable
 from ledger.fabric.blocks import (
@@ -16,25 +21,31 @@ from ledger.fabric.blocks import (
     block_header_bytes,
     block_header_hash,
 )
+from ledger.fabric.channel_policy import signature_policy
 from ledger.fabric.proof import (
     ChainVerifier,
     ChannelTrust,
     parse_pin,
+    parse_signature_policy,
     prove_records,
     verify_block_signatures,
     verify_chain,
+    verify_endorsements,
     verify_inclusion,
 )
 from tests.fixtures.fabric_blocks import (
     ChainBuilder,
     OrgCA,
+    Signer,
     captured,
     captured_txs,
+    endorsed_envelope,
     resign,
     sign,
 )
 
 MVCC_READ_CONFLICT = 11
+ENDORSEMENT_POLICY_FAILURE = 10
 
 
 def copies(blocks: list[common_pb2.Block]) -> list[common_pb2.Block]:
@@ -496,3 +507,321 @@ def test_a_lying_peer_serving_a_changed_block_fails_the_proof(bft):
     report = prove_records(FakeNetwork(copies(bft)), [tx_id])
 
     assert len(report.problems) == 1 and report.problems[0].startswith("block 4: data hash ")
+
+
+# --- what a VALID flag claims: creator and endorsements ---------------------------------------
+
+MAJORITY = "OutOf(2, 'CoordinatorMSP.peer', 'BankAMSP.peer', 'BankBMSP.peer')"
+
+
+@pytest.fixture(scope="module")
+def coordinator_ca() -> OrgCA:
+    return OrgCA("CoordinatorMSP")
+
+
+@pytest.fixture(scope="module")
+def bankb_ca() -> OrgCA:
+    return OrgCA("BankBMSP")
+
+
+@pytest.fixture(scope="module")
+def peers(coordinator_ca, bank_ca, bankb_ca) -> dict[str, Signer]:
+    """One endorsing peer per peer organisation."""
+    return {ca.msp_id: Signer(ca.msp_id, ca.issue(f"peer0.{ca.msp_id[:-3].lower()}", ou="peer"))
+            for ca in (coordinator_ca, bank_ca, bankb_ca)}
+
+
+@pytest.fixture(scope="module")
+def client(coordinator_ca) -> Signer:
+    return Signer("CoordinatorMSP", coordinator_ca.issue("User1@coordinator", ou="client"))
+
+
+@pytest.fixture
+def channel(orderer_ca, coordinator_ca, bank_ca, bankb_ca) -> ChainBuilder:
+    """A channel of three peer organisations and an auditor organisation without peers."""
+    return ChainBuilder([orderer_ca], [coordinator_ca, bank_ca, bankb_ca, OrgCA("AuditorMSP")],
+                        endorsing=["CoordinatorMSP", "BankAMSP", "BankBMSP"])
+
+
+def endorsed(channel: ChainBuilder, orderer, creator: Signer, endorsers: list[Signer], **options) -> str:
+    """A transaction ordered into a block signed by the orderer (so only its content can be wrong)."""
+    tx_id, block = channel.add_endorsed(creator, endorsers, **options)
+    sign(block, "OrdererMSP", orderer)
+    return tx_id
+
+
+def prove(channel: ChainBuilder, tx_id: str, policy: str | None = MAJORITY):
+    return prove_records(FakeNetwork(channel.blocks), [tx_id], endorsement_policy=policy)
+
+
+def test_a_transaction_endorsed_by_a_majority_of_peer_orgs_is_proven(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], peers["BankBMSP"]])
+
+    report = prove(channel, tx_id)
+
+    assert report.ok, report.problems
+    assert (report.endorsements_checked, report.endorsement_policy) == (1, MAJORITY)
+
+
+def test_a_valid_flag_on_a_transaction_endorsed_by_one_org_is_reported(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"]])
+
+    report = prove(channel, tx_id)
+
+    assert report.problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its endorsements do not satisfy {MAJORITY}: "
+        "only CoordinatorMSP 'peer0.coordinator' endorsed it",
+    )
+
+
+def test_a_forged_endorsement_signature_is_reported(channel, orderer, client, peers, bank_ca):
+    forged = Signer("BankAMSP", peers["BankAMSP"].leaf, key=bank_ca.issue("someone", ou="peer").key)
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], forged])
+
+    report = prove(channel, tx_id)
+
+    assert report.problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its endorsements do not satisfy {MAJORITY}: "
+        "only CoordinatorMSP 'peer0.coordinator' endorsed it "
+        "(endorsement 1: BankAMSP 'peer0.banka': the signature does not verify)",
+    )
+
+
+def test_an_endorsement_by_a_client_rather_than_a_peer_is_reported(channel, orderer, client, peers, bank_ca):
+    banka_client = Signer("BankAMSP", bank_ca.issue("User1@banka", ou="client"))
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], banka_client])
+
+    (problem,) = prove(channel, tx_id).problems
+
+    assert problem.endswith(
+        "only CoordinatorMSP 'peer0.coordinator' endorsed it "
+        "(endorsement 1: BankAMSP 'User1@banka' is not a peer (no peer NodeOU))"
+    )
+
+
+def test_an_endorsement_by_an_orderer_organisation_is_reported(channel, orderer, client, peers, orderer_ca):
+    outsider = Signer("OrdererMSP", orderer_ca.issue("peer0.orderer", ou="peer"))
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], outsider])
+
+    (problem,) = prove(channel, tx_id).problems
+
+    assert problem.endswith("(endorsement 1: OrdererMSP is not an application organisation of the channel)")
+
+
+def test_the_same_peer_endorsing_twice_counts_once(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], peers["CoordinatorMSP"]])
+
+    (problem,) = prove(channel, tx_id).problems
+
+    assert problem.endswith("(endorsement 1: a second endorsement by CoordinatorMSP 'peer0.coordinator')")
+
+
+def test_a_transaction_without_endorsements_is_reported(channel, orderer, client):
+    tx_id = endorsed(channel, orderer, client, [])
+
+    assert prove(channel, tx_id).problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but it carries no endorsement, and {MAJORITY} needs some",
+    )
+
+
+def test_a_tampered_creator_signature_is_reported(channel, orderer, client, peers, coordinator_ca):
+    tampered = Signer("CoordinatorMSP", client.leaf, key=coordinator_ca.issue("User2", ou="client").key)
+    tx_id = endorsed(channel, orderer, tampered, [peers["CoordinatorMSP"], peers["BankAMSP"]])
+
+    assert prove(channel, tx_id).problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its creator's signature (CoordinatorMSP 'User1@coordinator'): "
+        "the signature does not verify",
+    )
+
+
+def test_a_transaction_created_by_an_orderer_organisation_is_reported(channel, orderer, peers, orderer_ca):
+    creator = Signer("OrdererMSP", orderer_ca.issue("Admin@orderer", ou="admin"))
+    tx_id = endorsed(channel, orderer, creator, [peers["CoordinatorMSP"], peers["BankAMSP"]])
+
+    assert prove(channel, tx_id).problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its creator: OrdererMSP is not an application organisation "
+        "of the channel",
+    )
+
+
+def test_a_transaction_of_another_chaincode_is_reported(channel, orderer, client, peers):
+    majority = [peers["CoordinatorMSP"], peers["BankAMSP"]]
+    other = endorsed(channel, orderer, client, majority, chaincode="other")
+    swapped = endorsed(channel, orderer, client, majority, chaincode="other", invoked="fedaudit")
+
+    assert prove(channel, other).problems == (
+        f"tx {other}: in block 1 flagged VALID but it invokes chaincode 'other', not 'fedaudit'",
+        f"tx {other}: in block 1 flagged VALID but its endorsed action is for chaincode 'other', not 'fedaudit'",
+        f"tx {other}: in block 1 flagged VALID but it writes to namespace 'other', whose endorsement policy "
+        "is not the one checked",
+    )
+    assert f"tx {swapped}: in block 2 flagged VALID but its endorsed action is for chaincode 'other'" in (
+        prove(channel, swapped).problems[0]
+    )
+
+
+def test_endorsements_taken_from_another_transaction_do_not_match_its_proposal(channel, orderer, client, peers):
+    """A client cannot reuse a majority's endorsements of one proposal for a transaction of its own."""
+    _, original = endorsed_envelope(channel.channel, client, [peers["CoordinatorMSP"], peers["BankAMSP"]])
+    tx_id, reused = rewrap(original, client)
+    sign(channel.add_block([reused]), "OrdererMSP", orderer)
+
+    assert prove(channel, tx_id).problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its endorsed proposal hash does not match its header and proposal",
+    )
+
+
+def rewrap(raw: bytes, creator: Signer) -> tuple[str, bytes]:
+    """The transaction's endorsed action under a fresh header (nonce, tx id) signed by ``creator``."""
+    payload = common_pb2.Payload.FromString(common_pb2.Envelope.FromString(raw).payload)
+    nonce = secrets.token_bytes(24)
+    tx_id = hashlib.sha256(nonce + creator.serialized).hexdigest()
+    header = common_pb2.ChannelHeader.FromString(payload.header.channel_header)
+    header.tx_id = tx_id
+    payload.header.channel_header = header.SerializeToString()
+    signature_header = common_pb2.SignatureHeader(creator=creator.serialized, nonce=nonce)
+    payload.header.signature_header = signature_header.SerializeToString()
+    transaction = transaction_pb2.Transaction.FromString(payload.data)
+    transaction.actions[0].header = payload.header.signature_header
+    payload.data = transaction.SerializeToString()
+    signed = payload.SerializeToString()
+    return tx_id, common_pb2.Envelope(payload=signed, signature=creator.sign(signed)).SerializeToString()
+
+
+def test_without_a_stated_policy_the_channel_endorsement_policy_is_checked(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["BankBMSP"]])
+
+    report = prove(channel, tx_id, policy=None)
+
+    assert report.endorsement_policy == MAJORITY
+    assert report.problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its endorsements do not satisfy {MAJORITY}: "
+        "only BankBMSP 'peer0.bankb' endorsed it",
+    )
+
+
+def test_a_stated_policy_stricter_than_the_channel_is_the_one_enforced(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], peers["BankAMSP"]])
+    assert prove(channel, tx_id).ok
+
+    report = prove(channel, tx_id, policy="AND('CoordinatorMSP.peer', 'BankAMSP.peer', 'BankBMSP.peer')")
+
+    assert report.problems == (
+        f"tx {tx_id}: in block 1 flagged VALID but its endorsements do not satisfy "
+        "OutOf(3, 'CoordinatorMSP.peer', 'BankAMSP.peer', 'BankBMSP.peer'): "
+        "only CoordinatorMSP 'peer0.coordinator', BankAMSP 'peer0.banka' endorsed it",
+    )
+
+
+def test_an_endorsement_policy_that_does_not_parse_fails_the_proof_closed(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"], peers["BankAMSP"]])
+
+    report = prove(channel, tx_id, policy="OutOf(2, 'CoordinatorMSP.peer'")
+
+    assert report.problems == (
+        "the endorsement policy cannot be checked: policy \"OutOf(2, 'CoordinatorMSP.peer'\" does not parse: "
+        "the policy ends where ')' was expected",
+    )
+    assert report.endorsements_checked == 0
+
+
+def test_a_transaction_flagged_invalid_is_not_checked_further(channel, orderer, client, peers):
+    tx_id = endorsed(channel, orderer, client, [peers["CoordinatorMSP"]])
+    channel.blocks[1].metadata.metadata[common_pb2.TRANSACTIONS_FILTER] = bytes([ENDORSEMENT_POLICY_FAILURE])
+
+    report = prove(channel, tx_id)
+
+    assert report.problems == (f"tx {tx_id}: in block 1 but TRANSACTIONS_FILTER says ENDORSEMENT_POLICY_FAILURE",)
+    assert report.endorsements_checked == 0
+
+
+def test_real_transactions_carry_endorsements_that_satisfy_the_majority_policy(raft, bft):
+    for consensus, blocks in (("etcdraft", raft), ("bft", bft)):
+        report = prove_records(FakeNetwork(blocks), list(captured_txs(consensus)), endorsement_policy=MAJORITY)
+
+        assert report.ok, report.problems
+        assert report.endorsements_checked == 3
+
+
+def test_the_channel_endorsement_policy_and_application_orgs_are_read_from_the_genesis_block(raft):
+    trust = ChannelTrust.from_config_block(raft[0])
+
+    assert trust.endorsement_policy == MAJORITY
+    assert trust.application_msps == ("AuditorMSP", "BankAMSP", "BankBMSP", "BankCMSP", "CoordinatorMSP")
+
+
+def test_a_real_transaction_stripped_of_an_endorsement_breaks_its_creator_signature_and_the_policy(raft):
+    tx_id = next(t for t, n in captured_txs("etcdraft").items() if n == 3)
+    trust = ChannelTrust.from_config_block(raft[0])
+    assert verify_endorsements(raft[3], tx_id, trust, endorsement_policy=MAJORITY) == []
+    drop_endorsement(raft[3], "BankAMSP")
+
+    assert verify_endorsements(raft[3], tx_id, trust, endorsement_policy=MAJORITY) == [
+        f"tx {tx_id}: in block 3 flagged VALID but its creator's signature "
+        "(CoordinatorMSP 'User1@coordinator.fedledger.local'): the signature does not verify",
+        f"tx {tx_id}: in block 3 flagged VALID but its endorsements do not satisfy {MAJORITY}: "
+        "only CoordinatorMSP 'peer0.coordinator.fedledger.local' endorsed it",
+    ]
+
+
+def test_a_real_transaction_is_not_accepted_for_another_chaincode(raft):
+    tx_id = next(t for t, n in captured_txs("etcdraft").items() if n == 4)
+    trust = ChannelTrust.from_config_block(raft[0])
+
+    problems = verify_endorsements(raft[4], tx_id, trust, endorsement_policy=MAJORITY, chaincode="fedaudit-v2")
+
+    assert problems[:2] == [
+        f"tx {tx_id}: in block 4 flagged VALID but it invokes chaincode 'fedaudit', not 'fedaudit-v2'",
+        f"tx {tx_id}: in block 4 flagged VALID but its endorsed action is for chaincode 'fedaudit', not 'fedaudit-v2'",
+    ]
+
+
+def drop_endorsement(block: common_pb2.Block, msp_id: str) -> None:
+    """Remove ``msp_id``'s endorsement from the block's first transaction."""
+    envelope = common_pb2.Envelope.FromString(block.data.data[0])
+    payload = common_pb2.Payload.FromString(envelope.payload)
+    transaction = transaction_pb2.Transaction.FromString(payload.data)
+    action = transaction_pb2.ChaincodeActionPayload.FromString(transaction.actions[0].payload)
+    kept = [e for e in action.action.endorsements
+            if identities_pb2.SerializedIdentity.FromString(e.endorser).mspid != msp_id]
+    del action.action.endorsements[:]
+    action.action.endorsements.extend(kept)
+    transaction.actions[0].payload = action.SerializeToString()
+    payload.data = transaction.SerializeToString()
+    envelope.payload = payload.SerializeToString()
+    block.data.data[0] = envelope.SerializeToString()
+
+
+# --- Fabric's signature-policy language --------------------------------------------------------
+
+
+def describe(text: str) -> str:
+    return signature_policy(parse_signature_policy(text), {}).describe()
+
+
+def test_signature_policies_parse_as_fabric_compiles_them():
+    assert describe(MAJORITY) == MAJORITY
+    assert describe("AND('A.peer', OR('B.admin', \"C.client\"))") == (
+        "OutOf(2, 'A.peer', OutOf(1, 'B.admin', 'C.client'))"
+    )
+    assert describe("outof(1, 'Org-1.example.member', and('B.orderer'))") == (
+        "OutOf(1, 'Org-1.example.member', OutOf(1, 'B.orderer'))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("XOR('A.peer')", "'XOR' is not a gate (AND, OR, OutOf)"),
+        ("aNd('A.peer')", "'aNd' is not a gate (AND, OR, OutOf)"),
+        ("OR('A.boss')", "principal 'A.boss' is not 'MSP.role'"),
+        ("OutOf(4, 'A.peer', 'B.peer')", "OutOf(4, …) over 2 principals or rules"),
+        ("OR('A.peer') OR('B.peer')", "'OR' after the end of the policy"),
+        ("OR('A.peer'; 'B.peer')", "unexpected \"; 'B.peer')\""),
+    ],
+)
+def test_malformed_signature_policies_are_refused(text, why):
+    with pytest.raises(ValueError, match="does not parse") as refused:
+        parse_signature_policy(text)
+
+    assert why in str(refused.value)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fl.cli_deploy import client_app, coordinator_app
 from fl.cli_k8s import k8s_app
+from fl.cli_signer import audit_mine, signer_app
 from fl.cli_network import network_app
 from fl.cli_participant import participant_app
 from fl.config import ConfigError, load_config
@@ -344,6 +345,8 @@ app.add_typer(participant_app, name="participant")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(client_app, name="client")
 app.add_typer(k8s_app, name="k8s")
+app.add_typer(signer_app, name="signer")
+audit_app.command("mine")(audit_mine)
 
 
 def main() -> None:

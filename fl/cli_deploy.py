@@ -219,16 +219,17 @@ def coordinator_status(config: Path = ConfigOpt, as_json: bool = JsonOpt) -> Non
 # --- client ---------------------------------------------------------------------------
 def _client_spec(cfg: FederationConfig | None, participant: str, data: Optional[Path], key: Optional[Path],
                  cert: Optional[Path], superlink: Optional[str], root_certificates: Optional[Path],
-                 workdir: Optional[Path], runtime_port: int, config: Path) -> ClientSpec:
+                 workdir: Optional[Path], runtime_port: int, config: Path,
+                 signer: Optional[Path] = None) -> ClientSpec:
     entry = next((p for p in cfg.participants if p.id == participant), None) if cfg else None
     base = workdir or (cfg.workdir if cfg else Path("."))
     org_dir = cfg.workdir / "pki" / entry.msp_id if cfg and entry else None
     data_path = data or (entry.data if entry else None)
     if data_path is None:
         raise ConfigError("--data is required (no data path for this participant in the federation file)")
-    key_path = key or (org_dir / f"{participant}.key" if org_dir else None)
-    if key_path is None:
-        raise ConfigError("--key is required (participant not in the federation file)")
+    key_path = key or (org_dir / f"{participant}.key" if org_dir and signer is None else None)
+    if key_path is None and signer is None:
+        raise ConfigError("--key or --signer is required (participant not in the federation file)")
     if cert is None and org_dir is not None and (org_dir / f"{participant}.crt").exists():
         cert = org_dir / f"{participant}.crt"
     deploy = load_deployment(config if config.exists() else None, address=superlink)
@@ -236,14 +237,18 @@ def _client_spec(cfg: FederationConfig | None, participant: str, data: Optional[
     if roots is None:
         raise ConfigError("--root-certificates is required (the SuperLink's TLS CA certificate)")
     return ClientSpec(participant=participant, data=data_path, key=key_path, superlink=deploy.superlink_address,
-                      root_certificates=roots, workdir=base, runtime_port=runtime_port, cert=cert)
+                      root_certificates=roots, workdir=base, runtime_port=runtime_port, cert=cert,
+                      signer=signer, config=config.resolve() if config.exists() else None)
 
 
 @client_app.command("start")
 def client_start(
     participant: str = typer.Option(..., "--participant", "-p", help="Participant id."),
     data: Optional[Path] = typer.Option(None, "--data", help="The institution's CSV file."),
-    key: Optional[Path] = typer.Option(None, "--key", help="Institution key (PEM or OpenSSH, mode 0600)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Institution key (PEM or OpenSSH, mode 0600), "
+                                       "loaded by a signer the node starts."),
+    signer: Optional[Path] = typer.Option(None, "--signer", help="Socket of a running `fedledger signer` "
+                                          "(the node then never sees a key)."),
     cert: Optional[Path] = typer.Option(None, "--cert", help="Its certificate, to check the key matches."),
     superlink: Optional[str] = typer.Option(None, "--superlink", help="Coordinator address host:port."),
     root_certificates: Optional[Path] = typer.Option(None, "--root-certificates",
@@ -259,11 +264,13 @@ def client_start(
     with _one_line_errors():
         cfg = load_config(config.resolve()) if config.exists() else None
         spec = _client_spec(cfg, participant, data, key, cert, superlink, root_certificates, workdir,
-                            runtime_port, config)
+                            runtime_port, config, signer)
         paths = ClientPaths.of(spec.workdir, participant)
     if detach:
         words = ["client", "start", "--participant", participant, "--data", str(spec.data.resolve()),
-                 "--key", str(spec.key.resolve()), "--superlink", spec.superlink,
+                 *(["--key", str(spec.key.resolve())] if spec.key else []),
+                 *(["--signer", str(spec.signer.resolve())] if spec.signer else []),
+                 "--superlink", spec.superlink,
                  "--root-certificates", str(spec.root_certificates.resolve()),
                  "--workdir", str(spec.workdir.resolve()), "--runtime-port", str(runtime_port)]
         words += ["--cert", str(spec.cert.resolve())] if spec.cert else []

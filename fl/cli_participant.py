@@ -119,14 +119,51 @@ def keygen_cmd(
     org: Optional[str] = typer.Option(None, "--org", help="Organisation / MSP id (O of the CSR)."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for the key, OpenSSH key and CSR."),
     force: bool = typer.Option(False, "--force", help="Replace an existing key."),
+    pkcs11: Optional[Path] = typer.Option(None, "--pkcs11", help="PKCS#11 module: create the key in a token."),
+    token_label: Optional[str] = typer.Option(None, "--token-label", help="With --pkcs11: the token's label."),
+    key_label: Optional[str] = typer.Option(None, "--key-label", help="With --pkcs11: the key's label "
+                                            "(default: the participant id)."),
+    pin_file: Optional[Path] = typer.Option(None, "--pin-file", help="With --pkcs11: file (0600) with the user PIN."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Create a P-256 key (PEM and OpenSSH, mode 0600) and a CSR for a participant."""
+    """Create a P-256 key (PEM and OpenSSH, mode 0600, or in a PKCS#11 token) and a CSR."""
+    if pkcs11 is not None:
+        _keygen_pkcs11(participant, org, out, force, pkcs11, token_label, key_label, pin_file, as_json)
+        return
     with _one_line_errors():
         files = onboarding.keygen(out, participant, org, overwrite=force)
     payload = {"participant": participant, "key": str(files.key), "openssh_key": str(files.openssh_key),
                "openssh_public": str(files.openssh_public), "csr": str(files.csr)}
     _emit(as_json, payload, lambda: f"key {files.key} (0600), node key {files.openssh_key}, CSR {files.csr}")
+
+
+# --- keygen --pkcs11: the key is created in a token and never leaves it ----------------
+def _keygen_pkcs11(participant: str, org: Optional[str], out: Path, force: bool, module: Path,
+                   token_label: Optional[str], key_label: Optional[str], pin_file: Optional[Path],
+                   as_json: bool) -> None:
+    """Create the key in the token and write only public files: the CSR and OpenSSH public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ledger import pki
+    from ledger.keys_pkcs11 import Pkcs11Config, Pkcs11Key, generate_key, make_csr, read_pin
+
+    with _one_line_errors():
+        if token_label is None or pin_file is None:
+            raise ValueError("--pkcs11 needs --token-label and --pin-file")
+        config = Pkcs11Config(module, token_label, key_label or participant, read_pin(pin_file))
+        generate_key(config, overwrite=force)
+        key = Pkcs11Key(config)
+        try:
+            csr = make_csr(key, participant, org)
+            public = key.public_key()
+        finally:
+            key.close()
+        csr_path = pki.write_public_file(out / f"{participant}.csr", csr.public_bytes(serialization.Encoding.PEM))
+        ssh_pub = pki.write_public_file(out / f"{participant}.ssh.pub",
+                                        pki.openssh_public_key(public, participant) + "\n")
+    payload = {"participant": participant, "key": config.describe(), "openssh_public": str(ssh_pub),
+               "csr": str(csr_path)}
+    _emit(as_json, payload, lambda: f"key {config.describe()} (in the token), CSR {csr_path}")
 
 
 @ca_app.command("init")

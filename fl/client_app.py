@@ -2,9 +2,12 @@
 
 The signing mod is the outermost mod, so the signature covers exactly what leaves the
 institution (the demo alone adds adversary mods around and inside it). Who the
-participant is, where its key and data are, comes from a *resolver* of the Flower
-context: in deployment from the SuperNode's ``--node-config`` (``participant``, ``key``,
-``data``), in the demo's simulation from the partition id.
+participant is, how it signs and where its data is comes from a *resolver* of the
+Flower context: in deployment from the SuperNode's ``--node-config`` (``participant``,
+``data`` and ``signer``, the institution signer's Unix socket — never a key: this code
+is shipped by the coordinator, and the key stays with the institution's signer), in the
+demo's in-process simulation from the partition id (with a key object: one process,
+no institution boundary to keep).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fl import model as fl_model
 from fl.adversary import make_adversary_mods
 from fl.records import to_arrays, to_record
 from fl.runtime import configure_logging
-from fl.signing import SignerSpec, make_signing_mod
+from fl.signing import ManifestSigner, NoSigner, SignerSpec, key_signer, make_signing_mod, socket_signer
 from ledger.pki import load_private_key
 
 __all__ = ["ClientRuntime", "make_client_app", "node_config_resolver", "app"]
@@ -32,12 +35,25 @@ __all__ = ["ClientRuntime", "make_client_app", "node_config_resolver", "app"]
 
 @dataclass(frozen=True)
 class ClientRuntime:
-    """Everything one institution's ClientApp needs."""
+    """Everything one institution's ClientApp needs.
+
+    Exactly one way to sign: ``signer`` (the path of the institution signer's socket,
+    deployment) or ``key`` (a key object, the demo's simulation and tests).
+    """
 
     participant: str
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | None
     load_data: Callable[[], tuple[np.ndarray, np.ndarray]]
     adversary: str | None = None
+    signer: str | None = None
+
+    def manifest_signer(self) -> ManifestSigner:
+        """How this participant signs; :class:`~fl.signing.NoSigner` when it cannot."""
+        if self.signer is not None:
+            return socket_signer(self.signer)
+        if self.key is not None:
+            return key_signer(self.key)
+        raise NoSigner(f"{self.participant}: the node config names no signer socket (`signer`)")
 
 
 Resolver = Callable[[Context], ClientRuntime]
@@ -51,7 +67,11 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
     can misbehave; ``audited=False`` leaves out signing: plain Flower, used only by the
     benchmark that measures what the audit layer costs.
     """
-    signing = make_signing_mod(lambda ctx: SignerSpec(resolve(ctx).participant, resolve(ctx).key))
+    def signer_of(ctx: Context) -> SignerSpec:
+        runtime = resolve(ctx)
+        return SignerSpec(runtime.participant, runtime.manifest_signer())
+
+    signing = make_signing_mod(signer_of)
     mods = [signing] if audited else []
     if audited and adversarial:
         outer, inner = make_adversary_mods(lambda ctx: resolve(ctx).adversary)
@@ -103,17 +123,23 @@ def _service_logging() -> None:
 
 
 def node_config_resolver(context: Context) -> ClientRuntime:
-    """Deployment: the SuperNode's ``--node-config`` names participant, key and data."""
+    """Deployment: the SuperNode's ``--node-config`` names participant, data and signer.
+
+    A ``key`` entry is never read: the ClientApp signs only through the signer socket.
+    Without ``signer`` the node cannot sign, and a train reply fails (fail closed).
+    """
     _service_logging()
     cfg = context.node_config
     try:
-        participant, key, data = str(cfg["participant"]), str(cfg["key"]), str(cfg["data"])
+        participant, data = str(cfg["participant"]), str(cfg["data"])
     except KeyError as exc:
-        raise ValueError(f"node config lacks {exc.args[0]!r} (participant, key, data)") from exc
+        raise ValueError(f"node config lacks {exc.args[0]!r} (participant, data, signer)") from exc
+    signer = cfg.get("signer")
     return ClientRuntime(
         participant=participant,
-        key=_key(key),
+        key=None,
         load_data=functools.partial(_csv, data),
+        signer=str(signer) if signer else None,
     )
 
 

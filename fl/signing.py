@@ -1,37 +1,63 @@
 """Client-side signing: the outermost ClientApp mod signs what actually leaves the client.
 
 The mod hashes the global model the client received (``base_model``) and the tensors in
-the reply (``update``), builds the DESIGN §3 manifest, signs it with the institution's
-P-256 key, and attaches ``{"manifest", "signature"}`` as the reply's ``"audit"``
-ConfigRecord. Mods inside it (local DP, clipping) may change the arrays freely: the
-signature covers the result.
+the reply (``update``), builds the DESIGN §3 manifest, has it signed, and attaches
+``{"manifest", "signature"}`` as the reply's ``"audit"`` ConfigRecord. Mods inside it
+(local DP, clipping) may change the arrays freely: the signature covers the result.
+
+Who signs is a :data:`ManifestSigner`. In deployment it is the institution's signer
+(:func:`socket_signer`): the ClientApp sends the manifest over a Unix socket and gets a
+signature back — or a refusal, which fails the reply (Flower sends an error reply, the
+coordinator records ``reply_error``), so nothing leaves unsigned or signed off-policy.
+The demo's in-process simulation and unit tests sign with a key object
+(:func:`key_signer`): there is no institution boundary to keep there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message
 
 from fl.records import to_arrays
+from fl.signer.client import SignerClient, SignerRefused
 from ledger.formats import Manifest, sign, update_digest
 
-__all__ = ["SignerSpec", "make_signing_mod", "AUDIT_KEY"]
+__all__ = ["AUDIT_KEY", "ManifestSigner", "SignerSpec", "NoSigner", "key_signer", "socket_signer",
+           "make_signing_mod"]
 
 AUDIT_KEY = "audit"
 log = structlog.get_logger("fedledger.client")
 CallNext = Callable[[Message, Context], Message]
+ManifestSigner = Callable[[Manifest], str]
+"""Signs a manifest; returns the base64 low-S DER signature (DESIGN §3)."""
+
+
+class NoSigner(RuntimeError):
+    """The node has no way to sign: the reply is failed, never sent unsigned."""
 
 
 @dataclass(frozen=True)
 class SignerSpec:
-    """Who signs: the participant id and its private key."""
+    """Who signs: the participant id and the function that signs as it."""
 
     participant: str
-    key: ec.EllipticCurvePrivateKey
+    sign: ManifestSigner
+
+
+def key_signer(key: ec.EllipticCurvePrivateKey) -> ManifestSigner:
+    """Sign with a key held in this process (demo simulation and tests only)."""
+    return lambda manifest: sign(manifest.to_bytes(), key)
+
+
+def socket_signer(path: str | Path) -> ManifestSigner:
+    """Ask the institution's signer at ``path``; a refusal raises :class:`SignerRefused`."""
+    client = SignerClient(path)
+    return lambda manifest: client.sign_manifest(manifest.to_bytes().decode("utf-8"), manifest.update)
 
 
 def make_signing_mod(
@@ -58,9 +84,13 @@ def make_signing_mod(
             num_examples=int(reply.content["metrics"]["num-examples"]),
         )
         data = manifest.to_bytes()
-        reply.content[AUDIT_KEY] = ConfigRecord(
-            {"manifest": data.decode("utf-8"), "signature": sign(data, signer.key)}
-        )
+        try:
+            signature = signer.sign(manifest)
+        except SignerRefused as exc:
+            log.warning("update_refused_by_signer", round=manifest.round, participant=manifest.participant,
+                        reason=exc.reason, detail=exc.detail)
+            raise
+        reply.content[AUDIT_KEY] = ConfigRecord({"manifest": data.decode("utf-8"), "signature": signature})
         log.info("update_signed", round=manifest.round, participant=manifest.participant,
                  update=manifest.update, manifest_hash=manifest.hash(), num_examples=manifest.num_examples)
         return reply

@@ -1,13 +1,23 @@
-"""The institution service: one SuperNode over TLS, authenticated by the institution's key.
+"""The institution service: one SuperNode over TLS, and the signer that holds its key.
 
-The institution's single P-256 key both authenticates its SuperNode (Flower wants it in
-OpenSSH format: a 0600 copy is written when the given file is PEM) and signs its updates
-(the ClientApp loads it from the ``key`` entry of the node config). The node config is a
-TOML file with ``participant``, ``key`` and ``data`` — what :mod:`fl.client_app` reads.
+The institution's single P-256 key both authenticates its SuperNode and signs its
+updates — but neither the SuperNode nor the ClientApp it runs (code the coordinator
+ships) ever holds it. The key stays with the institution's signer (:mod:`fl.signer`):
+
+* with ``ClientSpec.signer`` the node uses a signer the institution already runs
+  (``fedledger signer start``; e.g. under its own user, or with the key in an HSM);
+* otherwise this service starts one itself, as its child, from ``ClientSpec.key`` and
+  the federation file (``ClientSpec.config``, default ``<workdir>/federation.toml``).
+
+The signer's public key must be the certificate's (when one is given). The SuperNode
+runs through :mod:`fl.signer.supernode`, which authenticates it by asking the signer to
+sign Flower's node-auth timestamps, and the node config — ``participant``, ``data`` and
+``signer`` (the socket) — names no key: the ClientApp asks the signer for each
+signature, and the signer refuses what the institution's policy does not allow.
 
 Files under ``<workdir>/clients/<participant>/``: ``supernode.log`` (Flower's output),
 ``service.log`` (this service's JSON log when detached), ``client.pid``, ``state.json``,
-``node-config.toml``, ``node-key.ssh``, ``flwr-home/``.
+``node-config.toml``, ``flwr-home/``; the signer's under ``<workdir>/signers/<participant>/``.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (or the SuperNode ended cleanly), 3 the SuperLink
 refused the node key (Flower exit code 305: not admitted, or revoked), 1 anything else.
@@ -19,6 +29,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,10 +46,12 @@ from fl.deploy.flower import (
     supernode_node_id,
     write_toml_config,
 )
+from fl.signer.client import SignerClient, SignerError
+from fl.signer.settings import SignerPaths, count_rows
 from ledger import pki
 from ledger.formats import validate_id
 
-__all__ = ["ClientPaths", "ClientSpec", "ClientService", "EXIT_REFUSED", "free_port"]
+__all__ = ["ClientPaths", "ClientSpec", "ClientService", "EXIT_REFUSED", "free_port", "signer_supernode_command"]
 
 log = structlog.get_logger("fedledger.client.service")
 EXIT_REFUSED = 3
@@ -70,12 +83,16 @@ class ClientSpec:
 
     participant: str
     data: Path
-    key: Path
+    key: Path | None  # the key file a started signer loads; unused with ``signer``
     superlink: str
     root_certificates: Path
     workdir: Path
     runtime_port: int = 0  # 0: pick a free local port
     cert: Path | None = None  # when given, the key must match it
+    signer: Path | None = None  # socket of a signer the institution runs; None: start one
+    config: Path | None = None  # federation file for a started signer (default <workdir>/federation.toml)
+    max_num_examples: int | None = None  # declared to a started signer (default: rows of ``data``)
+    signer_wait: float = 30.0  # seconds a started signer may take to serve
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,14 +102,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _auth_key_file(spec: ClientSpec, paths: ClientPaths) -> Path:
-    """The key in OpenSSH format for ``--auth-supernode-private-key`` (the same key)."""
-    key = pki.load_private_key(spec.key)  # refuses open permissions, wrong curve, encryption
-    if spec.cert is not None and pki.spki_pem(pki.load_certificate(spec.cert)) != pki.spki_pem(key):
-        raise pki.CertificateError(f"{spec.cert}: {spec.key} is not this certificate's key")
-    if spec.key.read_bytes().lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
-        return spec.key
-    return pki.write_private_key(paths.node_key, key, fmt="openssh")
+def signer_supernode_command(flower: list[str], socket_path: Path) -> list[str]:
+    """A ``flower-supernode`` argv rewritten to run through :mod:`fl.signer.supernode`:
+    the same arguments, minus the key file, authenticated by the signer at ``socket_path``."""
+    args = list(flower[1:])
+    if "--auth-supernode-private-key" in args:
+        index = args.index("--auth-supernode-private-key")
+        del args[index:index + 2]
+    return [sys.executable, "-m", "fl.signer.supernode", "--signer-socket", str(socket_path.absolute()), *args]
 
 
 class ClientService:
@@ -103,6 +120,7 @@ class ClientService:
         self.paths = ClientPaths.of(spec.workdir, spec.participant)
         self._stop = threading.Event()
         self._state: dict[str, Any] = {}
+        self._signer: subprocess.Popen[bytes] | None = None
 
     def _update(self, **fields: Any) -> None:
         self._state.update(fields)
@@ -112,34 +130,80 @@ class ClientService:
         """Ask the service to stop (signal handler)."""
         self._stop.set()
 
+    def _signer_command(self) -> list[str]:
+        """``fedledger signer start`` for this institution, as a child of this service."""
+        spec = self.spec
+        config = spec.config or spec.workdir / "federation.toml"
+        if not config.exists():
+            raise FileNotFoundError(f"{config}: the node's signer needs the federation file "
+                                    "(or run `fedledger signer start` and give its socket)")
+        if spec.key is None:
+            raise ValueError("the node needs a key for its signer, or the socket of a running signer")
+        examples = spec.max_num_examples or count_rows(spec.data)
+        command = [sys.executable, "-m", "fl.cli_signer", "start", "-p", spec.participant,
+                   "--config", str(config.resolve()), "--workdir", str(spec.workdir.resolve()),
+                   "--key", str(spec.key.resolve()), "--max-examples", str(examples)]
+        return command + (["--cert", str(spec.cert.resolve())] if spec.cert is not None else [])
+
+    def _start_signer(self) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start this institution's signer and wait until its socket serves."""
+        signer_paths = SignerPaths.of(self.spec.workdir, self.spec.participant)
+        signer_paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        signer_paths.state_file.unlink(missing_ok=True)
+        proc = processes.spawn(self._signer_command(), env=dict(os.environ), log_path=signer_paths.service_log)
+        self._signer = proc
+        self._update(signer_pid=proc.pid, children={**self._state.get("children", {}),
+                                                    "signer": processes.tag(proc.pid)})
+        deadline = time.monotonic() + self.spec.signer_wait
+        while time.monotonic() < deadline:
+            state = processes.read_json(signer_paths.state_file) or {}
+            if state.get("pid") == proc.pid and state.get("status") == "running":
+                return proc, signer_paths.socket
+            if proc.poll() is not None or state.get("status") == "failed":
+                why = state.get("error") or processes.tail(signer_paths.service_log, 3)
+                raise ValueError(f"the signer did not start: {why}")
+            time.sleep(0.1)
+        raise ValueError(f"the signer did not serve within {self.spec.signer_wait:.0f} s")
+
+    def _check_signer(self, socket_path: Path) -> None:
+        """The signer answers, and signs with the certificate's key."""
+        try:
+            public = SignerClient(socket_path, timeout=10).public_key()
+        except SignerError as exc:
+            raise ValueError(str(exc)) from None
+        if self.spec.cert is not None and pki.spki_pem(pki.load_certificate(self.spec.cert)) != pki.spki_pem(public):
+            raise pki.CertificateError(f"{self.spec.cert}: the signer's key is not this certificate's key")
+
     def prepare(self) -> tuple[list[str], dict[str, str]]:
-        """Check the key, write the node config and the OpenSSH key; the SuperNode argv + env."""
+        """Start (or check) the signer, write the node config; the SuperNode argv + env."""
         spec = self.spec
         if not spec.data.exists():
             raise FileNotFoundError(f"{spec.data}: data file does not exist")
         if not spec.root_certificates.exists():
             raise FileNotFoundError(f"{spec.root_certificates}: the SuperLink's TLS CA certificate does not exist")
-        auth_key = _auth_key_file(spec, self.paths)
+        socket_path = spec.signer if spec.signer is not None else self._start_signer()[1]
+        self._check_signer(socket_path)
         write_toml_config(self.paths.node_config, {
             "participant": spec.participant,
-            "key": str(spec.key.resolve()),
             "data": str(spec.data.resolve()),
+            "signer": str(socket_path.absolute()),
         })
         port = spec.runtime_port or free_port()
-        command = supernode_command(superlink=spec.superlink, root_certificates=spec.root_certificates.resolve(),
-                                    auth_key=auth_key.resolve(), node_config=self.paths.node_config.resolve(),
-                                    port=port)
-        return command, service_env(self.paths.flwr_home)
+        flower = supernode_command(superlink=spec.superlink, root_certificates=spec.root_certificates.resolve(),
+                                   auth_key=Path("-"), node_config=self.paths.node_config.resolve(), port=port)
+        env = service_env(self.paths.flwr_home)
+        env.pop("SOFTHSM2_CONF", None)  # the node has no business with the institution's token
+        return signer_supernode_command(flower, socket_path), env
 
     def serve(self) -> int:
-        """Start the SuperNode, supervise it, stop it; the process exit code."""
+        """Start the signer and the SuperNode, supervise them, stop them; the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         processes.claim_pid(self.paths.pid_file)
         self._update(service="client", participant=self.spec.participant, status="starting",
                      pid=os.getpid(), superlink=self.spec.superlink, started_at=time.time(),
-                     node_id=None, exit_code=None)
+                     node_id=None, exit_code=None, children={})
         supernode: subprocess.Popen[bytes] | None = None
         code = 0
         try:
@@ -149,7 +213,8 @@ class ClientService:
                                         cwd=self.paths.root)
             log.info("supernode_started", participant=self.spec.participant, pid=supernode.pid,
                      superlink=self.spec.superlink)
-            self._update(supernode_pid=supernode.pid, children={"supernode": processes.tag(supernode.pid)})
+            self._update(supernode_pid=supernode.pid, children={**self._state.get("children", {}),
+                                                                "supernode": processes.tag(supernode.pid)})
             code = self._supervise(supernode, log_offset)
         except (ValueError, OSError) as exc:
             log.error("client_failed", participant=self.spec.participant, error=str(exc))
@@ -159,6 +224,9 @@ class ClientService:
             if supernode is not None and supernode.poll() is None:
                 result = processes.stop(supernode.pid, proc=supernode, timeout=15)
                 log.info("supernode_stopped", participant=self.spec.participant, **result.to_json())
+            if self._signer is not None and self._signer.poll() is None:
+                result = processes.stop(self._signer.pid, proc=self._signer, timeout=15)
+                log.info("signer_stopped", participant=self.spec.participant, **result.to_json())
             if self._state.get("status") in ("starting", "running"):
                 self._update(status="stopped")
             self._update(stopped_at=time.time())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -17,7 +16,6 @@ import pytest
 from fl.config import ConfigError
 from ledger import processes
 from fl.deploy.binding import NodeDirectory, active_only
-from fl.deploy.client import ClientPaths, ClientSpec, _auth_key_file
 from fl.deploy.flower import (
     CONNECTION,
     NodeView,
@@ -260,48 +258,6 @@ def test_supernode_log_parsing_finds_the_node_id_and_flowers_exit_code() -> None
     assert supernode_node_id(refused) is None
     assert refused_exit_code(refused) == 305
     assert refused_exit_code(connected) is None
-
-
-# --- the institution's node key ---------------------------------------------------------
-
-
-def _spec(tmp_path: Path, key: Path, cert: Path | None = None) -> ClientSpec:
-    return ClientSpec(participant="bank-a", data=tmp_path / "d.csv", key=key, superlink="127.0.0.1:1",
-                      root_certificates=tmp_path / "ca.crt", workdir=tmp_path, cert=cert)
-
-
-def test_a_pem_key_is_given_to_the_supernode_as_an_openssh_copy_with_mode_0600(tmp_path: Path) -> None:
-    files = pki.keygen(tmp_path, "bank-a")
-    paths = ClientPaths.of(tmp_path, "bank-a")
-
-    path = _auth_key_file(_spec(tmp_path, files.key), paths)
-
-    assert path == paths.node_key
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert pki.load_private_key(path).private_numbers() == pki.load_private_key(files.key).private_numbers()
-
-
-def test_an_openssh_key_is_given_to_the_supernode_as_it_is(tmp_path: Path) -> None:
-    files = pki.keygen(tmp_path, "bank-a")
-
-    assert _auth_key_file(_spec(tmp_path, files.openssh_key), ClientPaths.of(tmp_path, "bank-a")) == files.openssh_key
-
-
-def test_a_node_key_that_is_not_the_certificates_key_is_refused(tmp_path: Path) -> None:
-    files = pki.keygen(tmp_path, "bank-a")
-    _, other_cert, _ = pki.demo_identity(tmp_path / "other", "bank-a", "BankAMSP")
-    cert_path = pki.write_public_file(tmp_path / "other.crt", pki.certificate_pem(other_cert))
-
-    with pytest.raises(pki.CertificateError, match="is not this certificate's key"):
-        _auth_key_file(_spec(tmp_path, files.key, cert_path), ClientPaths.of(tmp_path, "bank-a"))
-
-
-def test_a_node_key_readable_by_others_is_refused(tmp_path: Path) -> None:
-    files = pki.keygen(tmp_path, "bank-a")
-    files.key.chmod(0o644)
-
-    with pytest.raises(pki.KeyFileError, match="too open"):
-        _auth_key_file(_spec(tmp_path, files.key), ClientPaths.of(tmp_path, "bank-a"))
 
 
 # --- processes ------------------------------------------------------------------------

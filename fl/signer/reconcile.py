@@ -1,0 +1,106 @@
+"""Does the ledger say what this institution signed — no more, no less?
+
+:func:`reconcile` compares the signer's journal with the rounds on the ledger, for one
+participant:
+
+* every manifest the signer **signed** must be on the ledger in its round, with that
+  signature; the report gives the decision recorded for it (accepted, or rejected with
+  which reason). A signed reply missing from a round the ledger already holds is a
+  problem (the coordinator dropped it, or recorded it as not received);
+* every ledger entry in the participant's name that carries a manifest must be one the
+  signer signed. One the coordinator **accepted** without it is a problem (a reply the
+  institution never authorised counted in its name); a rejected one is listed as a
+  forgery attempt that was stopped;
+* the journal's own hash chain must verify.
+
+Rounds after the last one on the ledger are reported as pending, not as problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fl.signer.journal import read_entries, verify_journal
+from ledger.records import RoundView
+
+__all__ = ["ReconcileReport", "reconcile"]
+
+
+@dataclass
+class ReconcileReport:
+    """The comparison's outcome: per signed reply, its ledger decision; problems."""
+
+    participant: str
+    federation: str
+    journal_entries: int = 0
+    signed: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    refused: int = 0
+    stopped_forgeries: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Journal and ledger agree."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for ``--json``."""
+        return {"ok": self.ok, "participant": self.participant, "federation": self.federation,
+                "journal_entries": self.journal_entries, "signed": self.signed, "pending": self.pending,
+                "refused": self.refused, "stopped_forgeries": self.stopped_forgeries, "problems": self.problems}
+
+
+def reconcile(journal: Path, rounds: list[RoundView], participant: str, federation: str,
+              pin: tuple[int, str] | None = None) -> ReconcileReport:
+    """Compare ``journal`` with the ledger's ``rounds`` for ``participant``."""
+    report = ReconcileReport(participant, federation)
+    check = verify_journal(journal, pin)
+    report.journal_entries = check.entries
+    report.problems += [f"journal: {p}" for p in check.problems]
+    signed: dict[int, dict[str, Any]] = {}
+    for _, entry, _ in read_entries(journal):
+        if entry is None or entry.get("participant") != participant or entry.get("federation") != federation:
+            continue
+        if entry.get("decision") == "signed":
+            signed[int(entry["round"])] = entry
+        elif entry.get("decision") == "refused":
+            report.refused += 1
+    by_round = {view.round: view for view in rounds}
+    last_on_ledger = max(by_round, default=0)
+    for number, entry in sorted(signed.items()):
+        view = by_round.get(number)
+        if view is None:
+            if number > last_on_ledger:
+                report.pending.append(number)
+            else:
+                report.problems.append(f"round {number}: signed manifest {entry['manifest_hash'][:16]}… but "
+                                       "the ledger has no such round")
+            continue
+        mine = [e for e in view.record.entries if e.participant == participant]
+        match = next((e for e in mine if e.manifest_hash == entry["manifest_hash"]), None)
+        if match is None:
+            recorded = ", ".join(f"{e.status}:{e.reason}" for e in mine) or "nothing"
+            report.problems.append(f"round {number}: signed manifest {entry['manifest_hash'][:16]}… is not on "
+                                   f"the ledger (it records {recorded} for {participant})")
+            continue
+        if match.signature != entry["signature"]:
+            report.problems.append(f"round {number}: the ledger holds another signature for the signed manifest")
+        report.signed.append({"round": number, "manifest_hash": entry["manifest_hash"], "status": match.status,
+                              "reason": match.reason})
+    for view in rounds:
+        for e in view.record.entries:
+            if e.participant != participant or e.manifest_hash is None:
+                continue
+            mine_entry = signed.get(view.round)
+            if mine_entry is not None and mine_entry["manifest_hash"] == e.manifest_hash:
+                continue
+            item = {"round": view.round, "manifest_hash": e.manifest_hash, "status": e.status, "reason": e.reason}
+            if e.status == "accepted":
+                report.problems.append(f"round {view.round}: the ledger accepted manifest {e.manifest_hash[:16]}… "
+                                       f"in {participant}'s name that its signer never signed")
+            else:
+                report.stopped_forgeries.append(item)
+    return report

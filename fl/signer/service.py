@@ -1,0 +1,141 @@
+"""The signing decision and the journal, behind one lock: what the socket server calls.
+
+:meth:`SigningService.handle` takes one decoded request and returns one reply. Every
+manifest request — signed, repeated or refused — is journalled *before* the reply is
+sent: a signature that is not in the journal was never handed out. Node-authentication
+requests (Flower signs a timestamp on every Fleet request, every few seconds) are
+checked for their form and not journalled.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+
+from fl.signer.journal import Journal
+from fl.signer.keys import SigningKey
+from fl.signer.policy import Approve, LedgerState, Refuse, Repeat, SignedRound, SignerPolicy, decide
+from ledger.formats import SignatureError, sha256_hex, verify
+
+__all__ = ["SigningService", "NODE_AUTH_SKEW"]
+
+log = structlog.get_logger("fedledger.signer")
+NODE_AUTH_SKEW = 300.0  # seconds a node-auth timestamp may differ from the signer's clock
+# What Flower's node authentication signs: datetime.now(timezone.utc).isoformat().
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?\+00:00")
+_MAX_FIELD = 4096
+
+
+class SigningService:
+    """Policy + key + journal for one institution; thread-safe."""
+
+    def __init__(self, policy: SignerPolicy, key: SigningKey, journal: Journal, ledger: LedgerState,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.key = key
+        self.journal = journal
+        self.ledger = ledger
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._signed: dict[int, SignedRound] = {}
+        for entry in journal.entries():
+            if (entry.get("decision") == "signed" and entry.get("participant") == policy.participant
+                    and entry.get("federation") == policy.federation):
+                self._signed[int(entry["round"])] = SignedRound(entry["manifest_hash"], entry["signature"])
+
+    @property
+    def last_signed_round(self) -> int | None:
+        """The latest round signed (from the journal across restarts)."""
+        return max(self._signed) if self._signed else None
+
+    def public_key_pem(self) -> str:
+        """SubjectPublicKeyInfo PEM of the key."""
+        return self.key.public_key.public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+    def handle(self, request: Any, peer: dict[str, int] | None = None) -> dict[str, Any]:
+        """One request in, one reply out (never raises for a bad request)."""
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            return {"ok": False, "reason": "malformed", "detail": "a request is a JSON object with an op"}
+        op = request["op"]
+        if op == "sign_manifest":
+            return self.sign_manifest(request.get("manifest"), request.get("update"), peer)
+        if op == "node_auth":
+            return self.node_auth(request.get("message"))
+        if op == "public_key":
+            return {"ok": True, "public_key": self.public_key_pem()}
+        if op == "status":
+            head = None
+            for entry in self.journal.entries():
+                head = {"seq": entry["seq"], "hash": entry["hash"]}
+            return {"ok": True, "participant": self.policy.participant, "federation": self.policy.federation,
+                    "max_num_examples": self.policy.max_num_examples, "last_signed_round": self.last_signed_round,
+                    "key": self.key.describe, "journal_head": head}
+        return {"ok": False, "reason": "malformed", "detail": f"unknown op {op[:32]!r}"}
+
+    def sign_manifest(self, manifest: Any, update: Any, peer: dict[str, int] | None = None) -> dict[str, Any]:
+        """Sign ``manifest`` if the policy allows; journal the decision either way."""
+        if not isinstance(manifest, str) or len(manifest) > _MAX_FIELD:
+            manifest_text, bad = "", "the manifest must be a string of at most 4096 characters"
+        else:
+            manifest_text, bad = manifest, ""
+        with self._lock:
+            if bad:
+                verdict: Approve | Repeat | Refuse = Refuse("malformed", bad)
+            else:
+                verdict = decide(self.policy, self._signed, manifest_text, update if isinstance(update, str) else "",
+                                 self.ledger)
+            entry: dict[str, Any] = {
+                "time_ms": int(self.clock() * 1000),
+                "participant": self.policy.participant,
+                "federation": self.policy.federation,
+                "request_sha256": sha256_hex(manifest_text.encode("utf-8")),
+                "peer": peer,
+            }
+            if verdict.manifest is not None:
+                entry.update(round=verdict.manifest.round, manifest=verdict.manifest.to_bytes().decode("utf-8"),
+                             manifest_hash=verdict.manifest.hash())
+            if isinstance(verdict, Refuse):
+                entry.update(decision="refused", reason=verdict.reason, detail=verdict.detail[:512])
+                self.journal.append(entry)
+                log.warning("signature_refused", reason=verdict.reason, detail=verdict.detail[:512],
+                            round=entry.get("round"))
+                return {"ok": False, "reason": verdict.reason, "detail": verdict.detail}
+            if isinstance(verdict, Repeat):
+                entry.update(decision="repeated", signature=verdict.signature)
+                self.journal.append(entry)
+                return {"ok": True, "signature": verdict.signature, "repeated": True}
+            data = verdict.manifest.to_bytes()
+            signature = base64.b64encode(self.key.sign_digest(hashlib.sha256(data).digest())).decode("ascii")
+            try:
+                verify(data, signature, self.key.public_key)  # a token that signs wrongly fails here
+            except SignatureError as exc:
+                entry.update(decision="refused", reason="signing_failed", detail=str(exc))
+                self.journal.append(entry)
+                return {"ok": False, "reason": "signing_failed", "detail": str(exc)}
+            entry.update(decision="signed", signature=signature)
+            self.journal.append(entry)
+            self._signed[verdict.manifest.round] = SignedRound(verdict.manifest.hash(), signature)
+            log.info("update_signed", round=verdict.manifest.round, manifest_hash=verdict.manifest.hash())
+            return {"ok": True, "signature": signature}
+
+    def node_auth(self, message: Any) -> dict[str, Any]:
+        """Sign a Flower node-authentication timestamp — and nothing else."""
+        if not isinstance(message, str) or _TIMESTAMP.fullmatch(message) is None:
+            return {"ok": False, "reason": "not_a_timestamp",
+                    "detail": "node authentication signs only an ISO-8601 UTC timestamp"}
+        when = dt.datetime.fromisoformat(message).timestamp()
+        if abs(when - self.clock()) > NODE_AUTH_SKEW:
+            return {"ok": False, "reason": "stale_timestamp",
+                    "detail": f"timestamp differs from the signer's clock by more than {NODE_AUTH_SKEW:.0f} s"}
+        der = self.key.sign_digest(hashlib.sha256(message.encode("ascii")).digest())
+        return {"ok": True, "signature": base64.b64encode(der).decode("ascii")}

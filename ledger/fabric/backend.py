@@ -84,6 +84,10 @@ _PEERS_POLL_S = 0.01
 _CREATOR_REFUSED = re.compile(
     r"access denied: channel \[[^\]]*\] creator org (unknown(?:, creator is malformed)?|\[[^\]]*\])"
 )
+# How the Gateway says it knows too few peers to satisfy the endorsement policy (peers
+# down, or not yet found by gossip after a start): no peer was asked, nothing refused the
+# transaction, and the same call may succeed once the peers are back.
+_NO_ENDORSERS = re.compile(r"no combination of peers can be derived|no peer combination can satisfy")
 _UNAVAILABLE = {
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
@@ -129,6 +133,12 @@ def _ledger_error(exc: GatewayError, msp_id: str) -> LedgerError:
     refused = _creator_refusal(exc, msp_id)
     if refused is not None:
         return refused
+    if _NO_ENDORSERS.search(exc.message):
+        return LedgerUnavailable(
+            f"the Fabric network cannot endorse now: too few peer organisations are reachable to satisfy "
+            f"the endorsement policy ({exc.message})",
+            tx_id=exc.tx_id,
+        )
     if exc.code in _UNAVAILABLE:
         return LedgerUnavailable(f"the Fabric network is unavailable: {exc}", tx_id=exc.tx_id)
     if exc.code == grpc.StatusCode.PERMISSION_DENIED:

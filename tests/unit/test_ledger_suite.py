@@ -1,7 +1,10 @@
-"""The Ledger protocol end to end, run against every backend in ``BACKENDS``.
+"""The Ledger protocol end to end, on every backend.
 
-Only the ``ledger.protocol.Ledger`` surface is used here, so a new backend passes by
-adding it to ``tests/fixtures/ledgers.py``.
+Here it runs on the embedded ledger; ``tests/integration/test_ledger_suite_fabric.py``
+runs the same functions on a real Fabric network by giving them Fabric fixtures. So only
+the ``ledger.protocol.Ledger`` surface is used, and a test works on the federation its
+fixtures name (``world.federation``, or ``federation`` without a world), never on a
+fixed id: a Fabric channel is shared by every test of the session.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import pytest
 from ledger.errors import DuplicateRecord, RecordNotFound, TransactionRejected
 from ledger.protocol import Ledger
 from ledger.records import FederationPolicy, ModelCommit, ScorerSpec
-from tests.fixtures.ledgers import FED, World, ledger_factory, pki, receipt_ok, world  # noqa: F401
+from tests.fixtures.ledgers import World, federation, ledger_factory, pki, receipt_ok, world  # noqa: F401
 from tests.fixtures.rounds import accepted, commit_for, digest, record, rejected
 
 
@@ -24,17 +27,17 @@ def test_every_backend_implements_the_ledger_protocol(world: World) -> None:
 
 
 def test_init_federation_stores_the_policy_and_makes_the_caller_coordinator(world: World) -> None:
-    fed = world.auditor.get_federation(FED)
+    fed = world.auditor.get_federation(world.federation)
 
-    assert fed.id == FED
+    assert fed.id == world.federation
     assert fed.coordinator_msp == "CoordinatorMSP"
     assert fed.policy == FederationPolicy(auditor_msps=["AuditorMSP"], reward_budget=1000)
     assert len(fed.created_tx) == 64 and fed.created_ms > 0
 
 
 def test_creating_an_existing_federation_again_is_a_duplicate(world: World) -> None:
-    with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: federation fed-1 exists already"):
-        world.coordinator.init_federation(FED, FederationPolicy())
+    with pytest.raises(DuplicateRecord, match=rf"^DUPLICATE: federation {world.federation} exists already"):
+        world.coordinator.init_federation(world.federation, FederationPolicy())
 
 
 def test_federation_ids_must_follow_the_id_format(world: World) -> None:
@@ -51,19 +54,19 @@ def test_asking_for_an_unknown_federation_is_record_not_found(world: World) -> N
 
 
 def test_registered_participant_is_pending_with_its_cert_and_its_orgs_msp(
-    ledger_factory, pki  # noqa: F811
+    ledger_factory, pki, federation: str  # noqa: F811
 ) -> None:
     coordinator = ledger_factory(pki.identity("CoordinatorMSP"))
-    coordinator.init_federation(FED, FederationPolicy())
+    coordinator.init_federation(federation, FederationPolicy())
     leaf = pki.leaf("BankAMSP", "bank-a")
 
     receipt = ledger_factory(pki.identity("BankAMSP")).register_participant(
-        FED, "bank-a", leaf.pem, {"country": "NL", "name": "Bänk A"}
+        federation, "bank-a", leaf.pem, {"country": "NL", "name": "Bänk A"}
     )
 
-    p = coordinator.participant(FED, "bank-a")
+    p = coordinator.participant(federation, "bank-a")
     assert receipt_ok(receipt)
-    assert (p.status, p.msp_id, p.cert_pem, p.federation) == ("pending", "BankAMSP", leaf.pem, FED)
+    assert (p.status, p.msp_id, p.cert_pem, p.federation) == ("pending", "BankAMSP", leaf.pem, federation)
     assert p.meta == {"country": "NL", "name": "Bänk A"}
     assert p.updated_tx == receipt.tx_id and p.registered_ms == receipt.timestamp_ms
 
@@ -71,41 +74,41 @@ def test_registered_participant_is_pending_with_its_cert_and_its_orgs_msp(
 def test_registering_an_existing_participant_id_again_is_a_duplicate(world: World) -> None:
     with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: participant bank-a is already registered"):
         world.banks["bank-a"].register_participant(
-            FED, "bank-a", world.pki.leaf("BankAMSP", "again").pem, {}
+            world.federation, "bank-a", world.pki.leaf("BankAMSP", "again").pem, {}
         )
 
 
 def test_admit_then_revoke_is_recorded_in_history_oldest_first(world: World) -> None:
-    revoke = world.coordinator.revoke_participant(FED, "bank-b", "leaked key")
+    revoke = world.coordinator.revoke_participant(world.federation, "bank-b", "leaked key")
 
-    history = world.auditor.history(FED, "bank-b")
+    history = world.auditor.history(world.federation, "bank-b")
 
     assert [h.value.status for h in history] == ["pending", "active", "revoked"]
     assert history[-1].tx_id == revoke.tx_id and history[-1].timestamp_ms == revoke.timestamp_ms
     assert [h.timestamp_ms for h in history] == sorted(h.timestamp_ms for h in history)
-    assert world.auditor.participant(FED, "bank-b").status == "revoked"
+    assert world.auditor.participant(world.federation, "bank-b").status == "revoked"
 
 
 def test_a_revoked_participant_cannot_be_admitted_again(world: World) -> None:
-    world.coordinator.revoke_participant(FED, "bank-b", "leaked key")
+    world.coordinator.revoke_participant(world.federation, "bank-b", "leaked key")
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: participant bank-b is revoked"):
-        world.coordinator.admit_participant(FED, "bank-b")
+        world.coordinator.admit_participant(world.federation, "bank-b")
 
 
 def test_admitting_an_active_participant_again_is_refused(world: World) -> None:
     with pytest.raises(TransactionRejected, match=r"^INVALID: participant bank-a is already active"):
-        world.coordinator.admit_participant(FED, "bank-a")
+        world.coordinator.admit_participant(world.federation, "bank-a")
 
 
-def test_participants_are_listed_sorted_by_id(ledger_factory, pki) -> None:  # noqa: F811
+def test_participants_are_listed_sorted_by_id(ledger_factory, pki, federation: str) -> None:  # noqa: F811
     coordinator = ledger_factory(pki.identity("CoordinatorMSP"))
-    coordinator.init_federation(FED, FederationPolicy())
+    coordinator.init_federation(federation, FederationPolicy())
     bank_c = ledger_factory(pki.identity("BankCMSP"))
     for pid in ("zeta", "a-1", "a", "b0", "a0"):
-        bank_c.register_participant(FED, pid, pki.leaf("BankCMSP", pid).pem, {})
+        bank_c.register_participant(federation, pid, pki.leaf("BankCMSP", pid).pem, {})
 
-    listed = [p.id for p in coordinator.participants(FED)]
+    listed = [p.id for p in coordinator.participants(federation)]
 
     assert listed == ["a", "a-1", "a0", "b0", "zeta"]
 
@@ -113,7 +116,7 @@ def test_participants_are_listed_sorted_by_id(ledger_factory, pki) -> None:  # n
 def test_unknown_participant_is_record_not_found_for_every_query(world: World) -> None:
     for query in (world.auditor.participant, world.auditor.history, world.auditor.balance):
         with pytest.raises(RecordNotFound, match=r"^NOT_FOUND: participant ghost is not registered"):
-            query(FED, "ghost")
+            query(world.federation, "ghost")
 
 
 # --- rounds ---------------------------------------------------------------------------
@@ -123,11 +126,11 @@ def test_a_round_is_recorded_committed_and_rewarded_with_receipts_in_its_view(wo
     rec = world.record(1)
     rec = rec.model_copy(update={"entries": [*rec.entries, rejected("mallory", "unknown_participant")]})
 
-    r1 = world.coordinator.record_round(FED, 1, rec)
-    r2 = world.coordinator.commit_model(FED, 1, commit_for(rec, world.model(1)))
-    r3 = world.coordinator.issue_rewards(FED, 1, {"bank-a": 300, "bank-b": 200, "bank-c": 0})
+    r1 = world.coordinator.record_round(world.federation, 1, rec)
+    r2 = world.coordinator.commit_model(world.federation, 1, commit_for(rec, world.model(1)))
+    r3 = world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 300, "bank-b": 200, "bank-c": 0})
 
-    view = world.auditor.get_round(FED, 1)
+    view = world.auditor.get_round(world.federation, 1)
     assert view.record == rec
     assert view.commit == commit_for(rec, world.model(1))
     assert view.rewards == {"bank-a": 300, "bank-b": 200, "bank-c": 0}
@@ -138,9 +141,9 @@ def test_a_round_is_recorded_committed_and_rewarded_with_receipts_in_its_view(wo
 def test_rejected_entries_keep_the_claimed_id_even_when_it_is_not_a_participant(world: World) -> None:
     rec = record(1, world.genesis, [rejected("Not A Valid Id!", "malformed", "no audit record")])
 
-    world.coordinator.record_round(FED, 1, rec)
+    world.coordinator.record_round(world.federation, 1, rec)
 
-    entry = world.auditor.get_round(FED, 1).record.entries[0]
+    entry = world.auditor.get_round(world.federation, 1).record.entries[0]
     assert (entry.participant, entry.reason, entry.detail) == ("Not A Valid Id!", "malformed", "no audit record")
 
 
@@ -152,9 +155,9 @@ def test_a_rejected_entry_keeps_bounded_evidence_and_the_round_still_commits(wor
     )
     rec = world.record(1, ["bank-a"])
 
-    world.coordinator.record_round(FED, 1, rec.model_copy(update={"entries": [*rec.entries, junk]}))
+    world.coordinator.record_round(world.federation, 1, rec.model_copy(update={"entries": [*rec.entries, junk]}))
 
-    assert world.auditor.get_round(FED, 1).record.entries[-1] == junk
+    assert world.auditor.get_round(world.federation, 1).record.entries[-1] == junk
 
 
 def test_oversized_evidence_cannot_be_put_into_an_entry() -> None:
@@ -167,110 +170,114 @@ def test_oversized_evidence_cannot_be_put_into_an_entry() -> None:
 
 
 def test_recording_a_round_twice_is_a_duplicate(world: World) -> None:
-    world.coordinator.record_round(FED, 1, world.record(1))
+    world.coordinator.record_round(world.federation, 1, world.record(1))
 
-    with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: round 1 of federation fed-1 is already recorded"):
-        world.coordinator.record_round(FED, 1, world.record(1))
+    with pytest.raises(
+        DuplicateRecord, match=rf"^DUPLICATE: round 1 of federation {world.federation} is already recorded"
+    ):
+        world.coordinator.record_round(world.federation, 1, world.record(1))
 
 
 def test_committing_a_round_twice_is_a_duplicate(world: World) -> None:
     rec, com = world.run_round(1)
 
-    with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: round 1 of federation fed-1 is already committed"):
-        world.coordinator.commit_model(FED, 1, com)
+    with pytest.raises(
+        DuplicateRecord, match=rf"^DUPLICATE: round 1 of federation {world.federation} is already committed"
+    ):
+        world.coordinator.commit_model(world.federation, 1, com)
 
 
 def test_issuing_rewards_twice_for_a_round_is_a_duplicate(world: World) -> None:
     world.run_round(1)
-    world.coordinator.issue_rewards(FED, 1, {"bank-a": 10})
+    world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 10})
 
-    with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: rewards for round 1 of federation fed-1"):
-        world.coordinator.issue_rewards(FED, 1, {"bank-a": 10})
-    assert world.auditor.balance(FED, "bank-a") == 10
+    with pytest.raises(DuplicateRecord, match=rf"^DUPLICATE: rewards for round 1 of federation {world.federation}"):
+        world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 10})
+    assert world.auditor.balance(world.federation, "bank-a") == 10
 
 
 def test_commit_before_its_record_is_refused(world: World) -> None:
     com = commit_for(world.record(1), world.model(1))
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: CommitModel for round 1 needs its RecordRound first"):
-        world.coordinator.commit_model(FED, 1, com)
+        world.coordinator.commit_model(world.federation, 1, com)
 
 
 def test_rewards_before_the_commit_are_refused(world: World) -> None:
-    world.coordinator.record_round(FED, 1, world.record(1))
+    world.coordinator.record_round(world.federation, 1, world.record(1))
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: IssueRewards for round 1 needs its CommitModel first"):
-        world.coordinator.issue_rewards(FED, 1, {"bank-a": 1})
+        world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 1})
 
 
 def test_rewards_before_the_record_are_refused(world: World) -> None:
     with pytest.raises(TransactionRejected, match=r"^INVALID: IssueRewards for round 1 needs its RecordRound"):
-        world.coordinator.issue_rewards(FED, 1, {"bank-a": 1})
+        world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 1})
 
 
 def test_rounds_start_at_one_and_are_consecutive(world: World) -> None:
     with pytest.raises(TransactionRejected, match=r"^INVALID: round 2 cannot be recorded: the next round .* is 1"):
-        world.coordinator.record_round(FED, 2, world.record(2, base=world.genesis))
+        world.coordinator.record_round(world.federation, 2, world.record(2, base=world.genesis))
     world.run_round(1)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: round 3 cannot be recorded: the next round .* is 2"):
-        world.coordinator.record_round(FED, 3, world.record(3, base=world.model(1)))
+        world.coordinator.record_round(world.federation, 3, world.record(3, base=world.model(1)))
     world.run_round(2)
-    assert [v.round for v in world.auditor.list_rounds(FED)] == [1, 2]
+    assert [v.round for v in world.auditor.list_rounds(world.federation)] == [1, 2]
 
 
 def test_a_record_must_start_from_the_last_committed_model(world: World) -> None:
     world.run_round(1)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: record base_model .* is not the federation's current"):
-        world.coordinator.record_round(FED, 2, world.record(2, base=digest("some other model")))
+        world.coordinator.record_round(world.federation, 2, world.record(2, base=digest("some other model")))
 
 
 def test_an_uncommitted_round_is_abandoned_when_the_next_round_is_recorded(world: World) -> None:
     world.run_round(1)
     rec2 = world.record(2)
-    world.coordinator.record_round(FED, 2, rec2)  # the coordinator crashes before CommitModel
+    world.coordinator.record_round(world.federation, 2, rec2)  # the coordinator crashes before CommitModel
     rec3 = world.record(3, base=world.model(1))  # resumes from the last committed model
 
-    world.coordinator.record_round(FED, 3, rec3)
+    world.coordinator.record_round(world.federation, 3, rec3)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: round 2 was abandoned when round 3 was recorded"):
-        world.coordinator.commit_model(FED, 2, commit_for(rec2, world.model(2)))
-    world.coordinator.commit_model(FED, 3, commit_for(rec3, world.model(3)))
-    views = world.auditor.list_rounds(FED)
+        world.coordinator.commit_model(world.federation, 2, commit_for(rec2, world.model(2)))
+    world.coordinator.commit_model(world.federation, 3, commit_for(rec3, world.model(3)))
+    views = world.auditor.list_rounds(world.federation)
     assert [(v.round, v.commit is not None) for v in views] == [(1, True), (2, False), (3, True)]
     assert views[2].commit.base_model == views[0].commit.model
 
 
 def test_commit_base_model_must_be_the_rounds_recorded_base_model(world: World) -> None:
     rec = world.record(1)
-    world.coordinator.record_round(FED, 1, rec)
+    world.coordinator.record_round(world.federation, 1, rec)
     com = commit_for(rec, world.model(1)).model_copy(update={"base_model": digest("elsewhere")})
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: commit base_model .* is not the round's recorded"):
-        world.coordinator.commit_model(FED, 1, com)
+        world.coordinator.commit_model(world.federation, 1, com)
 
 
 def test_commit_must_name_exactly_the_recorded_accepted_participants(world: World) -> None:
     rec = world.record(1, ["bank-a", "bank-b"])
-    world.coordinator.record_round(FED, 1, rec)
+    world.coordinator.record_round(world.federation, 1, rec)
     com = commit_for(rec, world.model(1))
     sneaky = com.model_copy(
         update={"accepted": ["bank-a", "bank-b", "bank-c"], "weights": {**com.weights, "bank-c": 1}}
     )
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: commit.accepted .* must be the round's accepted"):
-        world.coordinator.commit_model(FED, 1, sneaky)
+        world.coordinator.commit_model(world.federation, 1, sneaky)
 
 
 def test_a_round_with_no_accepted_update_must_commit_its_base_model(world: World) -> None:
     rec = record(1, world.genesis, [rejected("bank-a", "outlier")])
-    world.coordinator.record_round(FED, 1, rec)
+    world.coordinator.record_round(world.federation, 1, rec)
     empty = ModelCommit(round=1, base_model=world.genesis, model=digest("x"), accepted=[], weights={})
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: a round with no accepted update"):
-        world.coordinator.commit_model(FED, 1, empty)
-    world.coordinator.commit_model(FED, 1, empty.model_copy(update={"model": world.genesis}))
+        world.coordinator.commit_model(world.federation, 1, empty)
+    world.coordinator.commit_model(world.federation, 1, empty.model_copy(update={"model": world.genesis}))
 
 
 @pytest.mark.parametrize("status", ["pending", "revoked", "unregistered"])
@@ -280,42 +287,45 @@ def test_a_record_accepting_a_participant_that_is_not_active_is_refused(
     pid = "bank-d"
     signer = world.pki.leaf("BankCMSP", pid)
     if status != "unregistered":
-        world.banks["bank-c"].register_participant(FED, pid, signer.pem, {})
+        world.banks["bank-c"].register_participant(world.federation, pid, signer.pem, {})
     if status == "revoked":
-        world.coordinator.revoke_participant(FED, pid, "left the federation")
+        world.coordinator.revoke_participant(world.federation, pid, "left the federation")
     world.signers[pid] = signer
 
     with pytest.raises(TransactionRejected, match=rf"^INVALID: accepted entry names participant {pid}, which is"):
-        world.coordinator.record_round(FED, 1, world.record(1, ["bank-a", pid]))
+        world.coordinator.record_round(world.federation, 1, world.record(1, ["bank-a", pid]))
 
 
 def test_an_accepted_entry_whose_signature_is_not_the_participants_is_refused(world: World) -> None:
     impostor = world.pki.leaf("BankAMSP", "not-registered")
-    entry = accepted(impostor, "bank-a", FED, 1, world.genesis)
+    entry = accepted(impostor, "bank-a", world.federation, 1, world.genesis)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: accepted entry of bank-a: signature does not verify"):
-        world.coordinator.record_round(FED, 1, record(1, world.genesis, [entry]))
+        world.coordinator.record_round(world.federation, 1, record(1, world.genesis, [entry]))
 
 
 def test_an_accepted_entry_signed_for_another_round_is_refused(world: World) -> None:
-    entry = accepted(world.signers["bank-a"], "bank-a", FED, 7, world.genesis)
+    entry = accepted(world.signers["bank-a"], "bank-a", world.federation, 7, world.genesis)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: accepted entry of bank-a: manifest round 7"):
-        world.coordinator.record_round(FED, 1, record(1, world.genesis, [entry]))
+        world.coordinator.record_round(world.federation, 1, record(1, world.genesis, [entry]))
 
 
 def test_unknown_round_is_record_not_found(world: World) -> None:
-    with pytest.raises(RecordNotFound, match=r"^NOT_FOUND: round 4 of federation fed-1 is not recorded"):
-        world.auditor.get_round(FED, 4)
+    with pytest.raises(
+        RecordNotFound, match=rf"^NOT_FOUND: round 4 of federation {world.federation} is not recorded"
+    ):
+        world.auditor.get_round(world.federation, 4)
 
 
 def test_rounds_are_listed_in_round_order_past_one_page(world: World) -> None:
     # 120 rounds, more than one 100-row page of the range query; left uncommitted, each
     # round abandons the one before, so all start from the genesis model.
     for r in range(1, 121):
-        world.coordinator.record_round(FED, r, record(r, world.genesis, [rejected("x", "reply_error")]))
+        rec = record(r, world.genesis, [rejected("x", "reply_error")])
+        world.coordinator.record_round(world.federation, r, rec)
 
-    views = world.auditor.list_rounds(FED)
+    views = world.auditor.list_rounds(world.federation)
 
     assert [v.round for v in views] == list(range(1, 121))
     assert all(v.commit is None and v.record_tx.block_number > 0 for v in views)
@@ -326,26 +336,26 @@ def test_rounds_are_listed_in_round_order_past_one_page(world: World) -> None:
 
 def test_rewards_credit_balances_and_transfers_move_them(world: World) -> None:
     world.run_round(1)
-    world.coordinator.issue_rewards(FED, 1, {"bank-a": 600, "bank-b": 400})
+    world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 600, "bank-b": 400})
 
-    world.banks["bank-a"].transfer(FED, "bank-c", 250)
+    world.banks["bank-a"].transfer(world.federation, "bank-c", 250)
 
-    assert [world.auditor.balance(FED, p) for p in ("bank-a", "bank-b", "bank-c")] == [350, 400, 250]
+    assert [world.auditor.balance(world.federation, p) for p in ("bank-a", "bank-b", "bank-c")] == [350, 400, 250]
 
 
 def test_rewards_over_the_round_budget_are_refused(world: World) -> None:
     world.run_round(1)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: rewards total 1001 exceeds the round budget 1000"):
-        world.coordinator.issue_rewards(FED, 1, {"bank-a": 1000, "bank-b": 1})
-    world.coordinator.issue_rewards(FED, 1, {"bank-a": 999, "bank-b": 1})
+        world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 1000, "bank-b": 1})
+    world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 999, "bank-b": 1})
 
 
 def test_rewards_to_a_participant_not_accepted_in_the_round_are_refused(world: World) -> None:
     world.run_round(1, ["bank-a", "bank-b"])
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: participant bank-c was not accepted in round 1"):
-        world.coordinator.issue_rewards(FED, 1, {"bank-a": 5, "bank-c": 5})
+        world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 5, "bank-c": 5})
 
 
 @pytest.mark.parametrize("amounts", [{"bank-a": -1}, {"bank-a": True}, {"Bank A": 1}])
@@ -353,30 +363,30 @@ def test_rewards_must_be_non_negative_integer_units_for_participant_ids(world: W
     world.run_round(1)
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: rewards"):
-        world.coordinator.issue_rewards(FED, 1, amounts)
+        world.coordinator.issue_rewards(world.federation, 1, amounts)
 
 
 def test_a_transfer_larger_than_the_balance_is_refused_and_moves_nothing(world: World) -> None:
     world.run_round(1)
-    world.coordinator.issue_rewards(FED, 1, {"bank-a": 10})
+    world.coordinator.issue_rewards(world.federation, 1, {"bank-a": 10})
 
     with pytest.raises(TransactionRejected, match=r"^INVALID: insufficient balance: bank-a has 10"):
-        world.banks["bank-a"].transfer(FED, "bank-b", 11)
-    assert (world.auditor.balance(FED, "bank-a"), world.auditor.balance(FED, "bank-b")) == (10, 0)
+        world.banks["bank-a"].transfer(world.federation, "bank-b", 11)
+    assert [world.auditor.balance(world.federation, p) for p in ("bank-a", "bank-b")] == [10, 0]
 
 
 @pytest.mark.parametrize("amount", [0, -5])
 def test_a_transfer_amount_must_be_a_positive_integer(world: World, amount: int) -> None:
     with pytest.raises(TransactionRejected, match=r"^INVALID: amount"):
-        world.banks["bank-a"].transfer(FED, "bank-b", amount)
+        world.banks["bank-a"].transfer(world.federation, "bank-b", amount)
 
 
 def test_a_transfer_to_an_unregistered_participant_is_record_not_found(world: World) -> None:
     with pytest.raises(RecordNotFound, match=r"^NOT_FOUND: participant ghost is not registered"):
-        world.banks["bank-a"].transfer(FED, "ghost", 1)
+        world.banks["bank-a"].transfer(world.federation, "ghost", 1)
 
 
-def test_scorer_spec_and_policy_round_trip_unchanged(ledger_factory, pki) -> None:  # noqa: F811
+def test_scorer_spec_and_policy_round_trip_unchanged(ledger_factory, pki, federation: str) -> None:  # noqa: F811
     coordinator = ledger_factory(pki.identity("CoordinatorMSP"))
     policy = FederationPolicy(
         auditor_msps=["AuditorMSP", "RegulatorMSP"],
@@ -389,6 +399,6 @@ def test_scorer_spec_and_policy_round_trip_unchanged(ledger_factory, pki) -> Non
         model="logreg",
     )
 
-    coordinator.init_federation(FED, policy)
+    coordinator.init_federation(federation, policy)
 
-    assert coordinator.get_federation(FED).policy == policy
+    assert coordinator.get_federation(federation).policy == policy

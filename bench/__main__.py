@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 from typing import Any
 
-from bench import deployment, overhead, signatures, work
+from bench import deployment, fabric, overhead, signatures, work
+from fl.runtime import configure_logging
+from ledger.errors import LedgerError
+
+USAGE = ("usage: python -m bench [fabric|work]   (no argument: every benchmark; fabric: only the Fabric "
+         "network; work: only the round work on the embedded and the Fabric ledger)")
 
 
 def _seconds(value: float | None) -> str:
@@ -31,19 +39,96 @@ def _deployment_line(dep: dict[str, Any]) -> str:
             f"{dep['bench_wall_s']:.0f} s")
 
 
-def main() -> int:
-    """Run the benchmarks, print a table and one JSON line."""
-    results: dict[str, object] = {}
+def _fabric_lines(fb: dict[str, Any]) -> list[str]:
+    """A few lines for one consensus: bring-up, latency and queries, throughput, memory and CPU."""
+    name, top = fb["consensus"], fb["topology"]
+    head = f"fabric {name}"
+    warm, cold = fb["warm"], fb["empty_cache"]
+    steps = ", ".join(f"{step} {seconds:.1f}" for step, seconds in warm["median_run_steps_s"].items())
+    lines = [(
+        f"{head} ({top['orderers']} orderer(s), {top['peers']} peers, {top['chaincode_servers']} chaincode servers, "
+        f"BatchTimeout {fb['batch_timeout_ms']} ms): bring-up warm {warm['up_s']['min']:.1f}/"
+        f"{warm['up_s']['median']:.1f}/{warm['up_s']['max']:.1f} s min/median/max of {len(warm['runs_s'])} "
+        f"(goal ≤ 20 s); from an empty cache {cold['total_s']:.1f} s = install {cold['install_s']:.1f} s + up "
+        f"{cold['up_s']:.1f} s; median warm run by step (s): {steps}; down {fb['down_s']:.1f} s"),
+    ]
+    if fb["bring_up_failures"]:
+        lines.append(f"{head}: {len(fb['bring_up_failures'])} bring-up(s) failed and were started again on new "
+                     f"ports; the first: {fb['bring_up_failures'][0][:600]}")
+    lat, ev, first = fb["latency"], fb["evaluate"], fb["first_commit"]
+    lines.append(
+        f"{head} first transaction through the Gateway committed {first['after_up_s']:.1f} s after up returned "
+        f"({first['refused_first']} endorsement(s) refused before"
+        + (f", the first: {first['first_refusal'][:160]}" if first["first_refusal"] else "")
+        + "); submit-to-commit, one at a time, "
+        f"{lat['samples']} tx: p50 {lat['p50_s']:.3f} s, p95 "
+        f"{lat['p95_s']:.3f} s, min {lat['min_s']:.3f} s, max {lat['max_s']:.3f} s (goal p50 ≤ 0.15 s); "
+        f"evaluate p50 {ev['p50_s'] * 1e3:.1f} ms, p95 {ev['p95_s'] * 1e3:.1f} ms ({ev['samples']} queries)")
+    for in_flight in fabric.IN_FLIGHT:
+        tp = fb[f"in_flight_{in_flight}"]
+        rate, tl = tp["tx_per_s"], tp["latency"]
+        failed = "" if not tp["failed_by"] else f" ({', '.join(f'{k}: {v}' for k, v in tp['failed_by'].items())})"
+        lines.append(
+            f"{head} throughput, {in_flight} in flight, {tp['runs']} × {tp['transactions_per_run']} tx: "
+            f"{rate['min']:.0f}/{rate['median']:.0f}/{rate['max']:.0f} tx/s min/median/max; {tp['valid']} VALID, "
+            f"{tp['failed']} failed{failed}, {tp['lost']} lost; submit-to-commit p50 "
+            + ("-" if tl is None else f"{tl['p50_s']:.2f} s, p95 {tl['p95_s']:.2f} s"))
+    memory = ", ".join(f"{proc} {m['peak_mib']:.0f}" for proc, m in fb["memory"].items())
+    cpu = ", ".join(f"{kind} {ms:.1f}" for kind, ms in fb["cpu_ms_per_tx"].items())
+    lines.append(f"{head} peak RSS (VmHWM, MiB): {memory}; CPU per committed tx during the throughput runs (ms, "
+                 f"all processes of a kind): {cpu}, while other processes used {fb['other_processes_cores']:.1f} of "
+                 f"{os.cpu_count()} cores; {fb['bench_wall_s']:.0f} s")
+    return lines
+
+
+def _fabric(results: dict[str, object]) -> int:
+    """The Fabric section, one consensus after the other; 1 when one failed."""
+    code = 0
+    for consensus in fabric.CONSENSUS:
+        try:
+            fb = fabric.measure(consensus)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError, LedgerError) as exc:
+            # A real network of real processes: report the failure with the other figures.
+            results[f"fabric_{consensus}"] = {"error": str(exc)}
+            print(f"fabric {consensus}: failed: {str(exc).strip()[:2000]}", flush=True)
+            code = 1
+            continue
+        results[f"fabric_{consensus}"] = fb
+        for line in _fabric_lines(fb):
+            print(line, flush=True)
+    return code
+
+
+def _work(results: dict[str, object]) -> int:
+    """Round work, audited ÷ plain, on the embedded ledger and on a real Fabric channel, side by side."""
+    try:
+        with fabric.local_network("etcdraft") as network:
+            for epochs in (2, 20):
+                for ledger in ("embedded", "fabric"):
+                    profile = network.top.profile_path if ledger == "fabric" else None
+                    wk = work.measure(local_epochs=epochs, ledger=ledger, fabric_profile=profile)
+                    results[f"work_epochs_{epochs}_{ledger}"] = wk
+                    print(f"round work with {epochs} local epochs, 3 institutions, no transport, {ledger} ledger: "
+                          f"plain {wk['plain_round_s'] * 1e3:.1f} ms, audited {wk['audited_round_s'] * 1e3:.1f} ms, "
+                          f"ratio {wk['ratio']:.3f} (goal ≤ 1.05); ledger per round (RecordRound + CommitModel "
+                          f"committed) {wk['ledger_s'] * 1e3:.0f} ms median, {wk['ledger_s_min'] * 1e3:.0f}–"
+                          f"{wk['ledger_s_max'] * 1e3:.0f} ms over {wk['rounds_counted']} rounds"
+                          + (" (goal ≤ 300 ms)" if ledger == "fabric" else ""), flush=True)
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError, LedgerError) as exc:
+        results["work"] = {"error": str(exc)}
+        print(f"round work: failed: {str(exc).strip()[:2000]}", flush=True)
+        return 1
+    return 0
+
+
+def _everything(results: dict[str, object]) -> int:
+    """Signatures, Fabric, round work, Flower simulation and deployment mode; 1 when a section failed."""
     sig = signatures.measure()
     results["signatures"] = sig
     print(f"signature verifications/s at the coordinator: {sig['per_second_1_thread']:,.0f} on 1 thread, "
           f"{sig['per_second_all_cores']:,.0f} on {sig['threads']} threads (goal ≥ 10,000/s)", flush=True)
-    for epochs in (2, 20):
-        wk = work.measure(local_epochs=epochs)
-        results[f"work_epochs_{epochs}"] = wk
-        print(f"round work with {epochs} local epochs, 3 institutions, no transport: plain "
-              f"{wk['plain_round_s'] * 1e3:.1f} ms, audited {wk['audited_round_s'] * 1e3:.1f} ms, ratio "
-              f"{wk['ratio']:.3f} (goal ≤ 1.05)", flush=True)
+    code = _fabric(results)
+    code = max(code, _work(results))
     for epochs in (2, 20):
         ov = overhead.measure(local_epochs=epochs)
         results[f"overhead_epochs_{epochs}"] = ov
@@ -52,7 +137,6 @@ def main() -> int:
               f"coordinator aggregation {ov['plain_aggregate_s'] * 1e3:.1f} ms plain vs "
               f"{ov['audited_aggregate_s'] * 1e3:.1f} ms audited, of which ledger {ov['audited_ledger_s'] * 1e3:.1f} ms",
               flush=True)
-    code = 0
     try:
         dep = deployment.measure()
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -63,6 +147,24 @@ def main() -> int:
     else:
         results["deployment"] = dep
         print(_deployment_line(dep), flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks (all, or only ``fabric``), print a table and one JSON line."""
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["fabric"], ["work"]):
+        print(USAGE, file=sys.stderr)
+        return 2
+    # A SIGTERM (a closed terminal, a timeout) unwinds like Ctrl-C, so the networks and
+    # processes the benchmarks started are still stopped by their own cleanup.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    # stdout is the figures and the JSON line; warnings go to stderr, the clients' retries
+    # (info) are not printed — failed and lost transactions are counted in the figures.
+    configure_logging(level=logging.WARNING)
+    results: dict[str, object] = {}
+    sections = {"fabric": _fabric, "work": _work}
+    code = sections[args[0]](results) if args else _everything(results)
     print(json.dumps(results, sort_keys=True))
     return code
 

@@ -46,7 +46,7 @@ def _replies(app: Any, arrays: dict[str, Any], config: dict[str, Any], nodes: in
 
 
 def measure(
-    rounds: int = 6, participants: int = 3, local_epochs: int = 2,
+    rounds: int = 11, participants: int = 3, local_epochs: int = 2,
     *, ledger: str = "embedded", fabric_profile: Path | None = None,
 ) -> dict[str, Any]:
     """Median per-round work (rounds 2..N), plain and audited, and their ratio, on ``ledger``."""

@@ -110,6 +110,9 @@ class Deadlines:
     endorse: float = 15.0
     submit: float = 5.0
     commit_status: float = 60.0
+    # After a failed Submit: how long to look for the transaction's commit anyway (a BFT
+    # ordering service may refuse a copy it has already ordered).
+    orphan_check: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -376,17 +379,24 @@ class Contract:
         envelope.signature = gateway.signing.sign(envelope.payload)
         # Signed before Submit, so that nothing can fail between ordering and waiting.
         status_request = _signed_commit_status_request(self.network, tx_id)
-        call(
-            gateway.stub.Submit,
-            gateway_pb2.SubmitRequest(
-                transaction_id=tx_id, channel_id=self.network.name, prepared_transaction=envelope
-            ),
-            timeout=gateway.deadlines.submit,
-            retry=gateway.retry,
-            error_type=SubmitError,
-            tx_id=tx_id,
-        )
-        return SubmittedTransaction(self.network, tx_id, result, status_request, timestamp_ms)
+        transaction = SubmittedTransaction(self.network, tx_id, result, status_request, timestamp_ms)
+        try:
+            call(
+                gateway.stub.Submit,
+                gateway_pb2.SubmitRequest(
+                    transaction_id=tx_id, channel_id=self.network.name, prepared_transaction=envelope
+                ),
+                timeout=gateway.deadlines.submit,
+                retry=gateway.retry,
+                error_type=SubmitError,
+                tx_id=tx_id,
+            )
+        except SubmitError as exc:
+            # The envelope may have been ordered all the same: whoever handles the error
+            # can still ask for its commit (never endorse the change again).
+            exc.transaction = transaction
+            raise
+        return transaction
 
     def submit(
         self,
@@ -396,10 +406,26 @@ class Contract:
         endorsing_orgs: Sequence[str] | None = None,
         commit_timeout: float | None = None,
     ) -> SubmitResult:
-        """Endorse, submit and wait for the commit; :class:`CommitError` unless VALID."""
-        submitted = self.submit_async(
-            function, *args, transient=transient, endorsing_orgs=endorsing_orgs
-        )
+        """Endorse, submit and wait for the commit; :class:`CommitError` unless VALID.
+
+        When Submit fails, the transaction may have been ordered anyway (a BFT ordering
+        service answers a copy it has already ordered with an error): its commit status
+        is asked for, for ``Deadlines.orphan_check`` seconds, before the
+        :class:`SubmitError` is raised.
+        """
+        try:
+            submitted = self.submit_async(
+                function, *args, transient=transient, endorsing_orgs=endorsing_orgs
+            )
+        except SubmitError as exc:
+            orphan = exc.transaction
+            if orphan is None:
+                raise
+            try:
+                orphan.status(self.network.gateway.deadlines.orphan_check)
+            except CommitStatusError:
+                raise exc from None
+            return orphan.wait()
         return submitted.wait(commit_timeout)
 
 

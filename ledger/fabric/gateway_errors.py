@@ -165,6 +165,8 @@ class SubmitError(GatewayError):
     """
 
     phase = "submit"
+    # The submitted transaction (a ``SubmittedTransaction``), to ask for its commit.
+    transaction: Any = None
 
 
 class CommitStatusError(GatewayError):

@@ -187,6 +187,7 @@ class Network:
             # /healthz can answer before the admin listener accepts connections.
             for o in self.top.orderers:
                 self._wait_port(o.name, o.host, o.admin_port, deadline)
+                self._wait_port(o.name, o.host, o.port, deadline)
             if fresh:
                 say(f"joining the orderers to channel {self.top.channel}")
                 with ThreadPoolExecutor(max_workers=len(self.top.orderers)) as pool:
@@ -199,6 +200,8 @@ class Network:
                 self._spawn(p.name, [self.install.tool("peer"), "node", "start"],
                             {"FABRIC_CFG_PATH": str(self.top.node_dir(p.name))})
             self._wait_healthy([(p.name, f"{p.host}:{p.operations_port}") for p in self.top.peers], deadline)
+            for p in self.top.peers:
+                self._wait_port(p.name, p.host, p.port, deadline)
             if fresh:
                 say("joining the peers to the channel")
                 self._each_peer(lambda a: a.join(self._genesis))

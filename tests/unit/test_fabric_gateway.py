@@ -618,12 +618,30 @@ def test_a_failed_submit_is_retried_with_the_same_signed_envelope_and_never_endo
 def test_submit_fails_with_submit_error_when_the_orderers_stay_away(gateway, fake):
     service, _ = fake
     service.fail("Submit", grpc.StatusCode.UNAVAILABLE, "no orderers", times=10)
+    # The transaction never commits: asking for its status runs out of time.
+    service.fail("CommitStatus", grpc.StatusCode.DEADLINE_EXCEEDED, "not committed", times=10)
     with pytest.raises(SubmitError) as caught:
         gateway.get_network(CHANNEL).get_contract(CHAINCODE).submit("InitFederation", "fed-1", "{}")
     assert len(service.requests["Submit"]) == FAST_RETRY.max_attempts
     assert len(service.requests["Endorse"]) == 1
     assert caught.value.tx_id == service.requests["Endorse"][0].transaction_id
-    assert not service.requests["CommitStatus"]
+    # Its commit was looked for before the failure was reported, under the same tx id.
+    assert {r.transaction_id for r in service.requests["CommitStatus"]} == {caught.value.tx_id}
+
+
+def test_a_submit_refused_for_a_copy_already_ordered_returns_the_committed_result(gateway, fake):
+    """A BFT ordering service may answer a transaction it has already ordered with an
+    error; the transaction commits all the same and must not be reported as failed."""
+    service, _ = fake
+    service.fail("Submit", grpc.StatusCode.UNAVAILABLE,
+                 "insufficient number of orderers could successfully process transaction", times=10)
+    service.commit = (transaction_pb2.VALID, 9)
+
+    result = gateway.get_network(CHANNEL).get_contract(CHAINCODE).submit("InitFederation", "fed-1", "{}")
+
+    assert (result.status, result.block_number) == ("VALID", 9)
+    assert result.result == b"done:InitFederation|fed-1|{}"
+    assert len(service.requests["Endorse"]) == 1  # never endorsed again
 
 
 # --- the submit and evaluate flows -------------------------------------------------------

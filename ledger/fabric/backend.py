@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +41,7 @@ from ledger.fabric.gateway import (
     Deadlines,
     GatewayError,
     Network,
+    choose_peer,
     connect_as,
 )
 from ledger.fabric.proposals import Identity as FabricIdentity
@@ -186,7 +188,11 @@ class FabricLedger:
         self._network: Network = self._gateway.get_network(self._channel_name)
         self._contract: Contract = self._network.get_contract(self._chaincode)
         self._qscc: Contract = self._network.get_contract("qscc")
-        self._peer_orgs = [msp for msp, org in profile.orgs.items() if org.peers]
+        # The connection's own peer reported the commit; the other peer organisations'
+        # peers are asked (in parallel) whether they have the block too.
+        own = choose_peer(profile, credentials.msp_id, peer)
+        self._peer_orgs = [msp for msp, org in profile.orgs.items() if org.peers and own not in org.peers]
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._peer_orgs)), thread_name_prefix="fabric-peers")
         self._blocks_of: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -214,6 +220,7 @@ class FabricLedger:
 
     def close(self) -> None:
         """Close the Gateway connection."""
+        self._pool.shutdown(wait=False)
         self._gateway.close()
 
     def __enter__(self) -> FabricLedger:
@@ -345,21 +352,22 @@ class FabricLedger:
         for: the write is committed and that peer serves it once it catches up.
         """
         deadline = time.monotonic() + _PEERS_WITHIN_S
+
+        def behind(msp: str) -> bool:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                info = self._qscc.evaluate("GetChainInfo", self._channel_name, target_orgs=[msp],
+                                           timeout=min(left, _PEER_ANSWER_S))
+            except GatewayError:
+                return False  # unreachable now: not waited for
+            return decode_chain_info(info).height <= block_number
+
         waiting = list(self._peer_orgs)
-        while waiting:
-            behind = []
-            for msp in waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                try:
-                    info = self._qscc.evaluate("GetChainInfo", self._channel_name, target_orgs=[msp],
-                                               timeout=min(left, _PEER_ANSWER_S))
-                except GatewayError:
-                    continue  # unreachable now: not waited for
-                if decode_chain_info(info).height <= block_number:
-                    behind.append(msp)
-            waiting = behind
+        while waiting and time.monotonic() < deadline:
+            still = list(self._pool.map(behind, waiting))
+            waiting = [msp for msp, late in zip(waiting, still) if late]
             if waiting:
                 time.sleep(_PEERS_POLL_S)
 

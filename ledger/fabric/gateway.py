@@ -80,6 +80,7 @@ __all__ = [
     "ChainInfo",
     "connect_from_profile",
     "connect_as",
+    "choose_peer",
     # re-exported: the whole client API from one module
     "Identity",
     "Signer",
@@ -619,7 +620,8 @@ def _read(path: Path, what: str) -> bytes:
         raise ProfileError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
 
 
-def _choose_peer(profile: ConnectionProfile, msp_id: str, peer: str | None) -> PeerEndpoint:
+def choose_peer(profile: ConnectionProfile, msp_id: str, peer: str | None) -> PeerEndpoint:
+    """The peer a Gateway of ``msp_id`` dials: ``peer`` if named, else its org's first, else the channel's first."""
     peers = profile.peers()
     if peer is not None:
         for _, endpoint in peers:
@@ -672,7 +674,7 @@ def connect_as(
     """
     msp_id = identity.msp_id
     org = profile.org(msp_id)
-    endpoint = _choose_peer(profile, msp_id, peer)
+    endpoint = choose_peer(profile, msp_id, peer)
     client_cert = client_key = None
     if org.tls_client is not None:
         if org.tls_client.key is None:

@@ -128,16 +128,32 @@ def reconcile_institution(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     _reconcile(body, patch, institution_children)
 
 
+def _refresh(body: kopf.Body, patch: kopf.Patch, build: Any) -> None:
+    """A status refresh from the object as the API server has it now.
+
+    A timer's ``body`` may be older than an update handled meanwhile; writing conditions
+    computed from it would put back the verdict that update replaced.
+    """
+    meta = body["metadata"]
+    live = _client().get(f"{GROUP}/{VERSION}", body["kind"], meta["name"], meta.get("namespace"))
+    if live is None:
+        return
+    fresh = kopf.Body(live)
+    if (live.get("status") or {}).get("observedGeneration") != live["metadata"].get("generation"):
+        return  # an update is being reconciled: its handler writes the status
+    _write_status(fresh, patch, _children_or_empty(fresh, build))
+
+
 @kopf.timer(GROUP, VERSION, "federations", interval=STATUS_INTERVAL, initial_delay=STATUS_INTERVAL)
 def refresh_federation(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Re-read the coordinator's readiness into the Federation's status."""
-    _write_status(body, patch, _children_or_empty(body, federation_children))
+    _refresh(body, patch, federation_children)
 
 
 @kopf.timer(GROUP, VERSION, "institutions", interval=STATUS_INTERVAL, initial_delay=STATUS_INTERVAL)
 def refresh_institution(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Re-read the node's readiness into the Institution's status."""
-    _write_status(body, patch, _children_or_empty(body, institution_children))
+    _refresh(body, patch, institution_children)
 
 
 def main(argv: list[str] | None = None) -> int:

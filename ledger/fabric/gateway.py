@@ -346,14 +346,25 @@ class Contract:
         )
         return bytes(response.result.payload)
 
-    def submit_async(
+    def endorse(
         self,
         function: str,
         *args: str | bytes,
         transient: Mapping[str, bytes] | None = None,
         endorsing_orgs: Sequence[str] | None = None,
-    ) -> SubmittedTransaction:
-        """Endorse, sign and submit; return at once with the result (commit not awaited)."""
+    ) -> bytes:
+        """Have the transaction endorsed (a majority of the organisations run it) and
+        return its result, without submitting it: nothing is ordered or written."""
+        return self._endorse(function, args, transient, endorsing_orgs)[2]
+
+    def _endorse(
+        self,
+        function: str,
+        args: Sequence[str | bytes],
+        transient: Mapping[str, bytes] | None,
+        endorsing_orgs: Sequence[str] | None,
+    ) -> tuple[str, common_pb2.Envelope, bytes, int]:
+        """(tx id, prepared envelope, result, timestamp ms) of an endorsed, unsigned transaction."""
         gateway = self.network.gateway
         tx_id, signed = self._signed_proposal(function, args, transient)
         endorsed = call(
@@ -377,6 +388,18 @@ class Contract:
         except GatewayProtocolError as exc:
             exc.tx_id = tx_id
             raise
+        return tx_id, envelope, result, timestamp_ms
+
+    def submit_async(
+        self,
+        function: str,
+        *args: str | bytes,
+        transient: Mapping[str, bytes] | None = None,
+        endorsing_orgs: Sequence[str] | None = None,
+    ) -> SubmittedTransaction:
+        """Endorse, sign and submit; return at once with the result (commit not awaited)."""
+        gateway = self.network.gateway
+        tx_id, envelope, result, timestamp_ms = self._endorse(function, args, transient, endorsing_orgs)
         envelope.signature = gateway.signing.sign(envelope.payload)
         # Signed before Submit, so that nothing can fail between ordering and waiting.
         status_request = _signed_commit_status_request(self.network, tx_id)

@@ -16,6 +16,7 @@ raises :class:`NetworkError` naming the cause.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
@@ -545,28 +546,29 @@ class Network:
             self._wait_listening(server, deadline)
 
     def _wait_endorsable(self, deadline: float) -> None:
-        """Until every peer's Gateway can plan an endorsement by a majority of the peer
+        """Until every peer's Gateway can have a write endorsed by a majority of the peer
         organisations: gossip must have told it the other peers and their chaincode.
 
-        A read-only function is endorsed (never submitted): the contract's own refusal
-        means the plan was made and the chaincode ran; anything else means not yet.
+        A federation is created in an endorsement that is never submitted (nothing is
+        ordered or written); only a successful endorsement counts — a Gateway runs the
+        contract on its own peer before it plans the others, so a refusal proves nothing.
         """
         from ledger.fabric.gateway import GatewayError, connect_from_profile
 
         profile = self.profile()
         pending = [p.org.msp_id for p in self.top.peers]
         last: dict[str, str] = {}
+        policy = '{"auditor_msps":["AuditorMSP"]}'
         while pending:
             for msp in list(pending):
                 with connect_from_profile(profile, msp) as gateway:
                     contract = gateway.get_network(self.top.channel).get_contract(self.top.chaincode)
                     try:
-                        contract.submit_async("GetFederation", "warm-up")
+                        contract.endorse("InitFederation", f"warm-up-{os.urandom(4).hex()}", policy)
                     except GatewayError as exc:
-                        if (exc.chaincode_message or "").startswith("NOT_FOUND"):
-                            pending.remove(msp)
-                        else:
-                            last[msp] = str(exc)
+                        last[msp] = str(exc)
+                    else:
+                        pending.remove(msp)
             if pending and time.monotonic() > deadline:
                 raise NetworkError(f"peers cannot plan endorsements yet: {', '.join(last.get(m, m) for m in pending)}")
             if pending:

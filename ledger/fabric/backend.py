@@ -86,6 +86,8 @@ _PEERS_POLL_S = 0.01
 _CREATOR_REFUSED = re.compile(
     r"access denied: channel \[[^\]]*\] creator org (unknown(?:, creator is malformed)?|\[[^\]]*\])"
 )
+# What a peer answers a proposal signed by an identity whose certificate has expired.
+_IDENTITY_EXPIRED = "proposal client identity expired"
 # How the Gateway says it knows too few peers to satisfy the endorsement policy (peers
 # down, or not yet found by gossip after a start): no peer was asked, nothing refused the
 # transaction, and the same call may succeed once the peers are back.
@@ -99,6 +101,12 @@ _UNAVAILABLE = {
 def _creator_refusal(exc: GatewayError, msp_id: str) -> AccessDenied | None:
     """:class:`AccessDenied`, in one readable line, if the peer refused the caller's identity."""
     for text in (exc.message, *(d.message for d in exc.details)):
+        if _IDENTITY_EXPIRED in text:
+            return AccessDenied(
+                f"ACCESS_DENIED: the caller's certificate of {msp_id} has expired; the peers refuse every "
+                f"call signed with it (peer: {_IDENTITY_EXPIRED})",
+                tx_id=exc.tx_id,
+            )
         found = _CREATOR_REFUSED.search(text)
         if found is None:
             continue

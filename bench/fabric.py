@@ -46,7 +46,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -69,7 +68,7 @@ from ledger.fabric.gateway_errors import (
     SubmitError,
 )
 from ledger.fabric.install import SHA256_ENV, FabricInstall, default_archive, install
-from ledger.fabric.network import Network
+from ledger.fabric.network import Network, port_free
 from ledger.fabric.topology import Consensus, Topology
 
 __all__ = ["CONSENSUS", "IN_FLIGHT", "LATENCY_SAMPLES", "WARM_RUNS", "fabric_cache", "measure", "local_network"]
@@ -113,16 +112,6 @@ def fabric_cache(env: Mapping[str, str]) -> Path:
 
 # --- ports and networks ----------------------------------------------------------------
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 _taken: set[int] = set()
 # Below Linux's ephemeral range (32768–60999 by default): there, the outgoing connections of
 # every process on the machine take local ports, and one may hold a node's port the moment
@@ -139,7 +128,7 @@ def _free_base_port() -> int:
     """
     for base in _PORT_RANGES:
         top = Topology(data_dir=Path("/nonexistent"), base_port=base, consensus="bft")
-        if base not in _taken and all(_port_free(port) for _, port in top.ports()):
+        if base not in _taken and all(port_free("127.0.0.1", port) for _, port in top.ports()):
             _taken.add(base)
             return base
     raise RuntimeError(f"no free port range for a Fabric network between {_PORT_RANGES.start} and "

@@ -25,6 +25,8 @@ __all__ = [
     "DuplicateRecord",
     "CommitFailed",
     "LedgerCorrupted",
+    "CONTRACT_CODES",
+    "contract_refusal",
 ]
 
 
@@ -62,3 +64,18 @@ class CommitFailed(LedgerError):
 
 class LedgerCorrupted(LedgerError):
     """The stored ledger does not verify (hash chain or history broken)."""
+
+
+# The ``fedaudit`` contract's stable refusal codes (the start of its messages).
+CONTRACT_CODES: dict[str, type[TransactionRejected]] = {
+    "ACCESS_DENIED": AccessDenied,
+    "NOT_FOUND": RecordNotFound,
+    "DUPLICATE": DuplicateRecord,
+    "INVALID": TransactionRejected,
+}
+
+
+def contract_refusal(message: str, tx_id: str | None) -> TransactionRejected | None:
+    """The ledger error for a contract refusal with a known code, or ``None`` (another cause)."""
+    kind = CONTRACT_CODES.get(message.split(":", 1)[0].strip())
+    return None if kind is None else kind(message, tx_id=tx_id)

@@ -27,12 +27,11 @@ from ledger.embedded.runtime import ContractRuntime, Outcome, StateReader, new_t
 from ledger.embedded.storage import Reader, Store
 from ledger.embedded.verify import verify_chain
 from ledger.errors import (
-    AccessDenied,
-    DuplicateRecord,
     LedgerCorrupted,
     LedgerUnavailable,
     RecordNotFound,
     TransactionRejected,
+    contract_refusal,
 )
 from ledger.formats import canonical_json
 from ledger.identity import Credentials
@@ -51,22 +50,13 @@ from ledger.records import (
 
 __all__ = ["EmbeddedLedger"]
 
-_ERRORS: dict[str, type[TransactionRejected]] = {
-    "ACCESS_DENIED": AccessDenied,
-    "NOT_FOUND": RecordNotFound,
-    "DUPLICATE": DuplicateRecord,
-    "INVALID": TransactionRejected,
-}
-
-
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def _rejection(message: str, tx_id: str) -> TransactionRejected:
     """The ledger error for a contract refusal, chosen by its stable code prefix."""
-    code = message.split(":", 1)[0].strip()
-    return _ERRORS.get(code, TransactionRejected)(message, tx_id=tx_id)
+    return contract_refusal(message, tx_id) or TransactionRejected(message, tx_id=tx_id)
 
 
 @contextmanager

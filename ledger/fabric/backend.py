@@ -28,11 +28,10 @@ import grpc
 from ledger.errors import (
     AccessDenied,
     CommitFailed,
-    DuplicateRecord,
     LedgerError,
     LedgerUnavailable,
-    RecordNotFound,
     TransactionRejected,
+    contract_refusal,
 )
 from ledger.fabric.blocks import decode_chain_info
 from ledger.fabric.gateway import (
@@ -63,12 +62,6 @@ from ledger.records import (
 
 __all__ = ["FabricLedger"]
 
-_CODES: dict[str, type[TransactionRejected]] = {
-    "ACCESS_DENIED": AccessDenied,
-    "NOT_FOUND": RecordNotFound,
-    "DUPLICATE": DuplicateRecord,
-    "INVALID": TransactionRejected,
-}
 # The chaincode server's code for a state call the peer itself refused (e.g. while it
 # shuts down): the caller's input was not at fault, so the call may be retried.
 _PEER_ERROR = "PEER_ERROR"
@@ -130,10 +123,10 @@ def _ledger_error(exc: GatewayError, msp_id: str) -> LedgerError:
     (the one mapping boundary)."""
     message = exc.chaincode_message
     if message is not None:
-        code = message.split(":", 1)[0].strip()
-        if code in _CODES:
-            return _CODES[code](message, tx_id=exc.tx_id)
-        if code == _PEER_ERROR:
+        refused = contract_refusal(message, exc.tx_id)
+        if refused is not None:
+            return refused
+        if message.startswith(f"{_PEER_ERROR}:"):
             return LedgerUnavailable(message, tx_id=exc.tx_id)
     if isinstance(exc, CommitError):
         return CommitFailed(

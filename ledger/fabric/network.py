@@ -42,6 +42,7 @@ __all__ = [
     "NodeStatus",
     "NetworkStatus",
     "Network",
+    "port_free",
 ]
 
 Progress = Callable[[str], None]
@@ -132,7 +133,8 @@ def _height(address: str, channel: str) -> int | None:
     return None
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` can be bound now (a port in TIME_WAIT counts as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # As the servers themselves do: a port in TIME_WAIT after a stop is free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -268,7 +270,7 @@ class Network:
             report.nodes.append(node)
         for s in self.top.chaincode_servers:
             pid = self._pid(s.name)
-            up = pid is not None and not _port_free(s.host, s.port)
+            up = pid is not None and not port_free(s.host, s.port)
             report.nodes.append(NodeStatus(s.name, "chaincode", pid, pid is not None, up, s.address,
                                            detail=None if up or pid is None else "not listening"))
         if report.nodes and report.nodes[len(self.top.orderers)].healthy:
@@ -417,7 +419,7 @@ class Network:
         self.top.profile_path.unlink(missing_ok=True)
 
     def _check_ports(self) -> None:
-        busy = [f"{port} ({what})" for what, port in self.top.ports() if not _port_free(self.top.host, port)]
+        busy = [f"{port} ({what})" for what, port in self.top.ports() if not port_free(self.top.host, port)]
         if busy:
             raise NetworkError(
                 f"port(s) in use on {self.top.host}: {', '.join(busy)}; stop what uses them or pick "
@@ -466,7 +468,7 @@ class Network:
                 time.sleep(0.1)
 
     def _wait_port(self, name: str, host: str, port: int, deadline: float) -> None:
-        while _port_free(host, port):
+        while port_free(host, port):
             if self._pid(name) is None:
                 raise NetworkError(f"{name} exited during start-up: {processes.tail(self.top.log_path(name), 3)}")
             if time.monotonic() > deadline:
@@ -474,7 +476,7 @@ class Network:
             time.sleep(0.05)
 
     def _wait_listening(self, server: ChaincodeServer, deadline: float) -> None:
-        while _port_free(server.host, server.port):
+        while port_free(server.host, server.port):
             if self._pid(server.name) is None:
                 raise NetworkError(
                     f"{server.name} exited during start-up: {processes.tail(self.top.log_path(server.name), 3)}"

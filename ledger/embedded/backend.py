@@ -33,17 +33,11 @@ from ledger.errors import (
     TransactionRejected,
     contract_refusal,
 )
-from ledger.formats import canonical_json
+from ledger.contract_calls import ContractCalls
 from ledger.identity import Credentials
 from ledger.protocol import IntegrityReport
 from ledger.records import (
-    Federation,
-    FederationPolicy,
-    HistoryEntry,
     Identity,
-    ModelCommit,
-    Participant,
-    RoundRecord,
     RoundView,
     TxReceipt,
 )
@@ -72,7 +66,7 @@ def _sqlite_errors() -> Iterator[None]:
         raise LedgerCorrupted(f"the embedded ledger file is damaged: {exc}") from exc
 
 
-class EmbeddedLedger:
+class EmbeddedLedger(ContractCalls):
     """The ``fedaudit`` contract over SQLite, called as one identity (see module docstring)."""
 
     def __init__(
@@ -131,49 +125,7 @@ class EmbeddedLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- Ledger protocol: writes -------------------------------------------------------
-
-    def init_federation(self, federation: str, policy: FederationPolicy) -> TxReceipt:
-        """Create a federation; the caller's MSP becomes its coordinator."""
-        return self._submit("InitFederation", [federation, policy.canonical().decode("utf-8")])
-
-    def register_participant(
-        self, federation: str, participant: str, cert_pem: str, meta: dict[str, Any]
-    ) -> TxReceipt:
-        """Register the caller's organisation's participant (status ``pending``)."""
-        meta_json = canonical_json(meta).decode("utf-8")
-        return self._submit("RegisterParticipant", [federation, participant, cert_pem, meta_json])
-
-    def admit_participant(self, federation: str, participant: str) -> TxReceipt:
-        """Coordinator: make a participant ``active``."""
-        return self._submit("AdmitParticipant", [federation, participant])
-
-    def revoke_participant(self, federation: str, participant: str, reason: str) -> TxReceipt:
-        """Coordinator: make a participant ``revoked``."""
-        return self._submit("RevokeParticipant", [federation, participant, reason])
-
-    def record_round(self, federation: str, round: int, record: RoundRecord) -> TxReceipt:
-        """Coordinator: record every reply of a round (once per round)."""
-        return self._submit("RecordRound", [federation, str(round), record.canonical().decode("utf-8")])
-
-    def commit_model(self, federation: str, round: int, commit: ModelCommit) -> TxReceipt:
-        """Coordinator: commit the round's aggregate (once, after ``record_round``)."""
-        return self._submit("CommitModel", [federation, str(round), commit.canonical().decode("utf-8")])
-
-    def issue_rewards(self, federation: str, round: int, rewards: dict[str, int]) -> TxReceipt:
-        """Coordinator: mint integer token rewards for a committed round (once)."""
-        rewards_json = canonical_json(rewards).decode("utf-8")
-        return self._submit("IssueRewards", [federation, str(round), rewards_json])
-
-    def transfer(self, federation: str, to: str, amount: int) -> TxReceipt:
-        """Participant: move ``amount`` of the caller's own tokens to ``to``."""
-        return self._submit("Transfer", [federation, to, str(amount)])
-
     # --- Ledger protocol: queries ------------------------------------------------------
-
-    def get_federation(self, federation: str) -> Federation:
-        """The federation's stored definition."""
-        return Federation.parse(self._evaluate("GetFederation", [federation]))
 
     def get_round(self, federation: str, round: int) -> RoundView:
         """One round's record, commit and rewards with their receipts (block numbers filled in)."""
@@ -182,23 +134,6 @@ class EmbeddedLedger:
     def list_rounds(self, federation: str) -> list[RoundView]:
         """Every recorded round, in round order."""
         return self._evaluate("ListRounds", [federation], self._round_views)
-
-    def participant(self, federation: str, participant: str) -> Participant:
-        """One participant's registration."""
-        return Participant.parse(self._evaluate("GetParticipant", [federation, participant]))
-
-    def participants(self, federation: str) -> list[Participant]:
-        """Every participant, sorted by id."""
-        return [Participant.parse(p) for p in json.loads(self._evaluate("ListParticipants", [federation]))]
-
-    def history(self, federation: str, participant: str) -> list[HistoryEntry]:
-        """Every change of a participant's record, oldest first."""
-        raw = json.loads(self._evaluate("ParticipantHistory", [federation, participant]))
-        return [HistoryEntry.parse(entry) for entry in raw]
-
-    def balance(self, federation: str, participant: str) -> int:
-        """A participant's token balance."""
-        return int(json.loads(self._evaluate("BalanceOf", [federation, participant]))["balance"])
 
     # --- the block log -----------------------------------------------------------------
 
@@ -331,6 +266,9 @@ class EmbeddedLedger:
             "tx_id": tx_id,
             "writes": writes,
         }
+
+    def _query(self, function: str, args: list[str]) -> bytes:
+        return self._evaluate(function, args)  # type: ignore[no-any-return]
 
     def _evaluate(
         self, function: str, args: list[str], finish: Callable[[Reader, bytes], Any] | None = None

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
 
 import grpc
 
@@ -45,17 +44,11 @@ from ledger.fabric.gateway import (
 )
 from ledger.fabric.proposals import Identity as FabricIdentity
 from ledger.fabric.profile import ConnectionProfile, ProfileError
-from ledger.formats import canonical_json
+from ledger.contract_calls import ContractCalls
 from ledger.identity import Credentials
 from ledger.protocol import IntegrityReport
 from ledger.records import (
-    Federation,
-    FederationPolicy,
-    HistoryEntry,
     Identity,
-    ModelCommit,
-    Participant,
-    RoundRecord,
     RoundView,
     TxReceipt,
 )
@@ -157,7 +150,7 @@ def _mapped(msp_id: str) -> Iterator[None]:
         raise _ledger_error(exc, msp_id) from exc
 
 
-class FabricLedger:
+class FabricLedger(ContractCalls):
     """The ``fedaudit`` chaincode on a Fabric channel, called as one signing identity."""
 
     def __init__(
@@ -230,72 +223,15 @@ class FabricLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- Ledger protocol: writes -------------------------------------------------------
-
-    def init_federation(self, federation: str, policy: FederationPolicy) -> TxReceipt:
-        """Create a federation; the caller's MSP becomes its coordinator."""
-        return self._submit("InitFederation", federation, policy.canonical().decode("utf-8"))
-
-    def register_participant(
-        self, federation: str, participant: str, cert_pem: str, meta: dict[str, Any]
-    ) -> TxReceipt:
-        """Register the caller's organisation's participant (status ``pending``)."""
-        return self._submit("RegisterParticipant", federation, participant, cert_pem,
-                            canonical_json(meta).decode("utf-8"))
-
-    def admit_participant(self, federation: str, participant: str) -> TxReceipt:
-        """Coordinator: make a participant ``active``."""
-        return self._submit("AdmitParticipant", federation, participant)
-
-    def revoke_participant(self, federation: str, participant: str, reason: str) -> TxReceipt:
-        """Coordinator: make a participant ``revoked``."""
-        return self._submit("RevokeParticipant", federation, participant, reason)
-
-    def record_round(self, federation: str, round: int, record: RoundRecord) -> TxReceipt:
-        """Coordinator: record every reply of a round (once per round)."""
-        return self._submit("RecordRound", federation, str(round), record.canonical().decode("utf-8"))
-
-    def commit_model(self, federation: str, round: int, commit: ModelCommit) -> TxReceipt:
-        """Coordinator: commit the round's aggregate (once, after ``record_round``)."""
-        return self._submit("CommitModel", federation, str(round), commit.canonical().decode("utf-8"))
-
-    def issue_rewards(self, federation: str, round: int, rewards: dict[str, int]) -> TxReceipt:
-        """Coordinator: mint integer token rewards for a committed round (once)."""
-        return self._submit("IssueRewards", federation, str(round), canonical_json(rewards).decode("utf-8"))
-
-    def transfer(self, federation: str, to: str, amount: int) -> TxReceipt:
-        """Participant: move ``amount`` of the caller's own tokens to ``to``."""
-        return self._submit("Transfer", federation, to, str(amount))
-
     # --- Ledger protocol: queries ------------------------------------------------------
-
-    def get_federation(self, federation: str) -> Federation:
-        """The federation's stored definition."""
-        return Federation.parse(self._evaluate("GetFederation", federation))
 
     def get_round(self, federation: str, round: int) -> RoundView:
         """One round's record, commit and rewards, each with its tx id and block number."""
-        return self._round_views(self._evaluate("GetRound", federation, str(round)))[0]
+        return self._round_views(self._query("GetRound", [federation, str(round)]))[0]
 
     def list_rounds(self, federation: str) -> list[RoundView]:
         """Every recorded round, in round order."""
-        return self._round_views(self._evaluate("ListRounds", federation))
-
-    def participant(self, federation: str, participant: str) -> Participant:
-        """One participant's registration."""
-        return Participant.parse(self._evaluate("GetParticipant", federation, participant))
-
-    def participants(self, federation: str) -> list[Participant]:
-        """Every participant, sorted by id."""
-        return [Participant.parse(p) for p in json.loads(self._evaluate("ListParticipants", federation))]
-
-    def history(self, federation: str, participant: str) -> list[HistoryEntry]:
-        """Every change of a participant's record, oldest first."""
-        return [HistoryEntry.parse(e) for e in json.loads(self._evaluate("ParticipantHistory", federation, participant))]
-
-    def balance(self, federation: str, participant: str) -> int:
-        """A participant's token balance."""
-        return int(json.loads(self._evaluate("BalanceOf", federation, participant))["balance"])
+        return self._round_views(self._query("ListRounds", [federation]))
 
     # --- integrity ---------------------------------------------------------------------
 
@@ -333,7 +269,7 @@ class FabricLedger:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _submit(self, function: str, *args: str) -> TxReceipt:
+    def _submit(self, function: str, args: list[str]) -> TxReceipt:
         with _mapped(self._credentials.msp_id):
             result = self._contract.submit(function, *args)
         with self._lock:
@@ -372,7 +308,7 @@ class FabricLedger:
             if waiting:
                 time.sleep(_PEERS_POLL_S)
 
-    def _evaluate(self, function: str, *args: str) -> bytes:
+    def _query(self, function: str, args: list[str]) -> bytes:
         with _mapped(self._credentials.msp_id):
             return self._contract.evaluate(function, *args)
 

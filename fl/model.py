@@ -1,23 +1,33 @@
-"""The credit-risk model: a small MLP, deterministic training, and numpy array exchange.
+"""The federation's model, built from its declared spec; deterministic training; array exchange.
+
+``[federation.model]`` declares a :class:`ModelSpec`: ``kind = "mlp"`` (ReLU hidden layers
+of the ``hidden`` sizes) or ``"logistic"`` (no hidden layer), and the ``seed`` of the
+initial weights. Either gives one logit per row (positive class = the schema's
+``positive_label``).
 
 Arrays cross the Flower/ledger boundary as ``dict[str, np.ndarray]`` keyed by the
-``state_dict`` names (``hidden.weight``, ``hidden.bias``, ``out.weight``, ``out.bias``),
-float32 and C-contiguous, so the update digest of DESIGN §3 is well defined.
+``state_dict`` names, float32 and C-contiguous, so the update digest of DESIGN §3 is well
+defined. The names are part of the wire format and stable: ``hidden.<i>.weight`` and
+``hidden.<i>.bias`` for hidden layer ``i`` (from 0, input side first), then
+``out.weight`` and ``out.bias``; a logistic model has only the ``out`` pair.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 __all__ = [
-    "CreditMLP",
+    "ModelSpec",
+    "build_model",
     "evaluate",
     "get_arrays",
     "initial_arrays",
@@ -27,21 +37,63 @@ __all__ = [
 ]
 
 _DTYPE = np.dtype(np.float32)
+_DEFAULT_HIDDEN = (32,)
+MAX_HIDDEN_LAYERS = 4
+MAX_LAYER_WIDTH = 4096
 
 
-class CreditMLP(nn.Module):
-    """One-hidden-layer MLP giving one logit per applicant (positive = ``bad`` credit)."""
+class ModelSpec(BaseModel):
+    """The ``[federation.model]`` table: architecture and initial-weight seed, agreed by all.
 
-    def __init__(self, n_features: int, hidden: int = 32) -> None:
+    ``hidden`` defaults to ``[32]`` for an MLP and to ``[]`` for logistic regression.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["mlp", "logistic"] = "mlp"
+    hidden: tuple[int, ...] = Field(default=_DEFAULT_HIDDEN, max_length=MAX_HIDDEN_LAYERS)
+    seed: int = Field(default=42, ge=0, lt=2**63)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hidden_default_follows_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "logistic" and "hidden" not in data:
+            return {**data, "hidden": ()}
+        return data
+
+    @model_validator(mode="after")
+    def _hidden_fits_kind(self) -> ModelSpec:
+        if self.kind == "logistic" and self.hidden:
+            raise ValueError("a logistic model has no hidden layers; leave hidden out or empty")
+        if self.kind == "mlp" and not self.hidden:
+            raise ValueError("an mlp needs at least one hidden layer size")
+        bad = [h for h in self.hidden if not 1 <= h <= MAX_LAYER_WIDTH]
+        if bad:
+            raise ValueError(f"hidden layer sizes must be in [1, {MAX_LAYER_WIDTH}], got {bad[0]}")
+        return self
+
+
+class _LogitNet(nn.Module):
+    """Feed-forward net: ReLU hidden layers (maybe none), then one logit per row."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
-        if n_features < 1 or hidden < 1:
-            raise ValueError(f"n_features and hidden must be positive, got {n_features}, {hidden}")
-        self.hidden = nn.Linear(n_features, hidden)
-        self.out = nn.Linear(hidden, 1)
+        widths = (n_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.out = nn.Linear(widths[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits of shape ``[batch]``."""
-        return self.out(torch.relu(self.hidden(x))).squeeze(-1)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.out(x).squeeze(-1)
+
+
+def build_model(spec: ModelSpec, n_features: int) -> nn.Module:
+    """A fresh model of ``spec`` for ``n_features`` inputs (weights from torch's global RNG)."""
+    if n_features < 1:
+        raise ValueError(f"n_features must be positive, got {n_features}")
+    return _LogitNet(n_features, spec.hidden)
 
 
 def set_seed(seed: int) -> None:
@@ -159,12 +211,13 @@ def set_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     model.load_state_dict(copies, strict=True)
 
 
-def initial_arrays(n_features: int, seed: int, hidden: int = 32) -> dict[str, np.ndarray]:
-    """Deterministic initial global model: same arguments → bit-identical arrays.
+def initial_arrays(spec: ModelSpec, n_features: int) -> dict[str, np.ndarray]:
+    """Deterministic initial global model: same spec and width → bit-identical arrays.
 
-    Uses a forked torch RNG so the caller's global RNG state is left as it was.
+    Uses a forked torch RNG seeded with ``spec.seed``, so the caller's global RNG state is
+    left as it was.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CreditMLP(n_features, hidden)
+        torch.manual_seed(spec.seed)
+        model = build_model(spec, n_features)
     return get_arrays(model)

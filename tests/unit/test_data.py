@@ -1,23 +1,23 @@
-"""Unit tests for fl.data: schema, non-IID split, CSV loading and refusal."""
+"""Unit tests for fl.data and fl.demo_data: the declared schema, the demo split, CSV loading."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from fl.data import (
-    DataFileError,
-    DataMismatchError,
-    PreprocessingSchema,
+from fl.data import DataFileError, DataMismatchError, DataSchema, NumericFeature, load_csv
+from fl.demo_data import (
     credit_schema,
+    demo_data_table,
     load_credit_frame,
-    load_csv,
     load_partition,
     load_test,
     partition_credit,
@@ -28,7 +28,7 @@ NAMES = ["bank-a", "bank-b", "bank-c"]
 
 
 @pytest.fixture(scope="module")
-def schema() -> PreprocessingSchema:
+def schema() -> DataSchema:
     return credit_schema()
 
 
@@ -56,9 +56,178 @@ def _set_cell(row: int, column: str, value: str) -> Callable[[pd.DataFrame], pd.
 
 # --- schema -------------------------------------------------------------------------
 
+TOML_TABLE = """
+[federation.data]
+target = "Status"
+positive_label = "bad"
+negative_label = "good"
+ignored_columns = ["rownames"]
+
+[[federation.data.features]]
+name = "Income"
+type = "numeric"
+missing = "impute"
+impute = 120.0
+mean = 141.7
+scale = 80.7
+
+[[federation.data.features]]
+name = "Home"
+type = "categorical"
+categories = ["ignore", "other", "owner", "parents", "priv", "rent"]
+missing = "zeros"
+
+[[federation.data.features]]
+name = "selfemp"
+type = "boolean"
+true_values = ["yes"]
+false_values = ["no"]
+missing = "impute"
+impute = false
+"""
+
+
+def _table() -> dict[str, Any]:
+    return tomllib.loads(TOML_TABLE)["federation"]["data"]
+
+
+def test_the_federation_data_table_validates_into_typed_features_in_declared_order() -> None:
+    schema = DataSchema.model_validate(_table())
+
+    assert [f.type for f in schema.features] == ["numeric", "categorical", "boolean"]
+    assert schema.feature_columns == ("Income", "Home", "selfemp")
+    assert schema.n_features == 1 + 6 + 1
+    assert schema.feature_names == (
+        "Income", "Home=ignore", "Home=other", "Home=owner", "Home=parents", "Home=priv",
+        "Home=rent", "selfemp",
+    )
+    income = schema.features[0]
+    assert isinstance(income, NumericFeature) and income.impute == 120.0
+
+
+def test_transform_encodes_numeric_one_hot_and_boolean_columns_and_fills_gaps() -> None:
+    schema = DataSchema.model_validate(_table())
+    frame = pd.DataFrame(
+        {"Status": ["bad", "good", "good"], "Income": [141.7 + 80.7, None, 141.7],
+         "Home": ["rent", None, "owner"], "selfemp": ["yes", None, "no"]}
+    )
+
+    X, y = schema.transform(frame)
+
+    np.testing.assert_allclose(
+        X,
+        [[1.0, 0, 0, 0, 0, 0, 1, 1],
+         [(120.0 - 141.7) / 80.7, 0, 0, 0, 0, 0, 0, 0],
+         [0.0, 0, 0, 1, 0, 0, 0, 0]],
+        rtol=1e-6, atol=1e-6,
+    )
+    np.testing.assert_array_equal(y, [1, 0, 0])
+
+
+def test_an_unknown_category_is_refused_not_silently_encoded_as_zeros() -> None:
+    schema = DataSchema.model_validate(_table())
+    frame = pd.DataFrame(
+        {"Status": ["bad"], "Income": [100.0], "Home": ["houseboat"], "selfemp": ["no"]}
+    )
+
+    with pytest.raises(DataMismatchError, match="unknown category 'houseboat'") as err:
+        schema.transform(frame)
+
+    assert [(p.kind, p.column, p.rows) for p in err.value.problems] == [
+        ("unknown_category", "Home", (1,))
+    ]
+    assert not isinstance(err.value, DataFileError)
+
+
+def test_schema_digest_is_stable_across_dict_order_and_a_json_round_trip() -> None:
+    table = _table()
+    reordered = {k: table[k] for k in reversed(list(table))}
+    reordered["features"] = [{k: f[k] for k in reversed(list(f))} for f in table["features"]]
+    schema = DataSchema.model_validate(table)
+
+    again = DataSchema.model_validate(reordered)
+    via_json = DataSchema.model_validate(json.loads(json.dumps(schema.model_dump(mode="json"))))
+
+    assert again == schema == via_json
+    assert again.digest() == schema.digest() == via_json.digest()
+    assert len(schema.digest()) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda t: t["features"][0].update(mean=141.8),
+        lambda t: t["features"][0].update(impute=121.0),
+        lambda t: t["features"][1].update(categories=["other", "ignore", "owner", "parents", "priv", "rent"]),
+        lambda t: t["features"][2].update(missing="refuse", impute=None),
+        lambda t: t.update(positive_label="default"),
+        lambda t: t["features"].reverse(),
+    ],
+    ids=["mean", "impute", "category-order", "missing-policy", "label", "feature-order"],
+)
+def test_schema_digest_changes_when_anything_that_changes_the_encoding_changes(
+    change: Callable[[dict[str, Any]], object],
+) -> None:
+    table = _table()
+    before = DataSchema.model_validate(table).digest()
+    change(table)
+    table["features"] = [{k: v for k, v in f.items() if v is not None} for f in table["features"]]
+
+    assert DataSchema.model_validate(table).digest() != before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t["features"][1].update(name="Income"), "named more than once: 'Income'"),
+        (lambda t: t["features"][1].update(name="Status"), "named more than once: 'Status'"),
+        (lambda t: t.update(ignored_columns=["rownames", "Home"]), "named more than once: 'Home'"),
+        (lambda t: t.update(negative_label="bad"), "labels? .*must differ"),
+        (lambda t: t.update(features=[]), "at least 1 item"),
+        (lambda t: t["features"][1].update(categories=["a", "b", "a"]), "categories must be unique"),
+        (lambda t: t["features"][1].update(categories=["a", "NA"]), "read as a missing value"),
+        (lambda t: t["features"][2].update(false_values=["no", "yes"]), "overlap: 'yes'"),
+        (lambda t: t["features"][0].pop("impute"), "needs an impute value"),
+        (lambda t: t["features"][2].pop("impute"), "needs an impute value"),
+        (lambda t: t["features"][0].update(missing="refuse"), "impute is set but missing = 'refuse'"),
+        (lambda t: t["features"][2].update(impute="yes"), "valid boolean"),
+        (lambda t: t["features"][0].update(scale=0.0), "greater than 0"),
+        (lambda t: t["features"][0].update(mean=float("nan")), "finite number"),
+        (lambda t: t["features"][1].update(type="ordinal"), "does not match any of the expected tags"),
+        (lambda t: t["features"][1].update(missing="impute"), "'zeros' or 'refuse'"),
+        (lambda t: t.update(target_column="x"), "Extra inputs are not permitted"),
+        (lambda t: t["features"][0].update(unit="EUR"), "Extra inputs are not permitted"),
+    ],
+    ids=[
+        "duplicate-feature", "feature-is-target", "feature-is-ignored", "labels-equal",
+        "no-features", "repeated-category", "category-is-a-missing-marker", "booleans-overlap",
+        "numeric-impute-missing", "boolean-impute-missing", "impute-without-impute-policy",
+        "boolean-impute-not-a-bool", "zero-scale", "nan-mean", "unknown-type",
+        "categorical-cannot-impute", "unknown-key", "unknown-feature-key",
+    ],
+)
+def test_an_inconsistent_schema_is_refused_saying_why(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    table = _table()
+    change(table)
+
+    with pytest.raises(ValidationError, match=message):
+        DataSchema.model_validate(table)
+
+
+def test_schema_is_frozen() -> None:
+    schema = DataSchema.model_validate(_table())
+
+    with pytest.raises(ValidationError):
+        schema.target = "Other"  # type: ignore[misc]
+
+
+# --- the bundled credit demo ----------------------------------------------------------
+
 
 def test_credit_schema_encodes_the_bundled_data_to_its_declared_width(
-    schema: PreprocessingSchema
+    schema: DataSchema
 ) -> None:
     X, y = schema.transform(load_credit_frame())
 
@@ -68,59 +237,31 @@ def test_credit_schema_encodes_the_bundled_data_to_its_declared_width(
     assert X[:, :9].mean(axis=0) == pytest.approx(np.zeros(9), abs=1e-3)  # standardised
 
 
-def test_schema_digest_is_stable_and_survives_a_json_round_trip(
-    schema: PreprocessingSchema
-) -> None:
-    as_json = json.loads(json.dumps(schema.model_dump(mode="json")))
+def test_demo_data_table_survives_toml_and_gives_back_the_credit_schema(schema: DataSchema) -> None:
+    import tomli_w
 
-    rebuilt = PreprocessingSchema.model_validate(as_json)
+    text = tomli_w.dumps({"federation": {"data": demo_data_table()}})
+
+    rebuilt = DataSchema.model_validate(tomllib.loads(text)["federation"]["data"])
 
     assert rebuilt == schema
     assert rebuilt.digest() == schema.digest() == credit_schema().digest()
-    assert len(schema.digest()) == 64
 
 
-def test_schema_digest_changes_when_a_category_changes(schema: PreprocessingSchema) -> None:
-    data = schema.model_dump()
-    data["categorical"][0]["categories"] = (*data["categorical"][0]["categories"], "boat")
-
-    changed = PreprocessingSchema.model_validate(data)
-
-    assert changed.digest() != schema.digest()
-    assert changed.n_features == schema.n_features + 1
-
-
-def test_schema_digest_changes_when_category_order_changes(schema: PreprocessingSchema) -> None:
-    data = schema.model_dump()
-    data["categorical"][2]["categories"] = tuple(reversed(data["categorical"][2]["categories"]))
-
-    assert PreprocessingSchema.model_validate(data).digest() != schema.digest()
-
-
-def test_schema_is_frozen_and_rejects_a_zero_scale(schema: PreprocessingSchema) -> None:
-    data = schema.model_dump()
-    data["numeric"][0]["scale"] = 0.0
-
-    with pytest.raises(ValidationError):
-        PreprocessingSchema.model_validate(data)
-    with pytest.raises(ValidationError):
-        schema.target = "Other"  # type: ignore[misc]
-
-
-def test_missing_values_are_imputed_and_unknown_categories_become_all_zero(
-    schema: PreprocessingSchema
+def test_credit_schema_imputes_numeric_gaps_and_zeroes_categorical_gaps(
+    schema: DataSchema
 ) -> None:
     row = load_credit_frame().head(1).copy()
     row["Income"] = np.nan
-    row["Home"] = "houseboat"
     row["Job"] = np.nan
 
     X, _ = schema.transform(row)
 
-    income = next(c for c in schema.numeric if c.name == "Income")
+    income = next(f for f in schema.features if f.name == "Income")
+    assert isinstance(income, NumericFeature) and income.impute is not None
     assert X[0, 4] == pytest.approx((income.impute - income.mean) / income.scale)
-    home = [i for i, n in enumerate(schema.feature_names) if n.startswith(("Home=", "Job="))]
-    assert not X[0, home].any()
+    job = [i for i, n in enumerate(schema.feature_names) if n.startswith("Job=")]
+    assert not X[0, job].any()
 
 
 # --- split --------------------------------------------------------------------------
@@ -175,7 +316,7 @@ def test_too_many_partitions_for_the_data_are_refused() -> None:
 
 
 def test_load_partition_matches_transform_and_returns_a_private_copy(
-    schema: PreprocessingSchema
+    schema: DataSchema
 ) -> None:
     X, y = load_partition(1, 3, seed=9)
     X[:] = 0.0
@@ -191,7 +332,7 @@ def test_load_partition_matches_transform_and_returns_a_private_copy(
 
 
 def test_written_partitions_load_back_to_the_same_features(
-    tmp_path: Path, schema: PreprocessingSchema
+    tmp_path: Path, schema: DataSchema
 ) -> None:
     split = partition_credit(3, seed=3)
 
@@ -221,7 +362,7 @@ def test_partition_names_must_be_unique_ids_and_not_test(tmp_path: Path) -> None
 
 
 def test_columns_in_another_order_and_an_ignored_rownames_column_are_accepted(
-    good_csv: Path, schema: PreprocessingSchema
+    good_csv: Path, schema: DataSchema
 ) -> None:
     X_ref, _ = load_csv(good_csv, schema)
 
@@ -234,111 +375,87 @@ def test_columns_in_another_order_and_an_ignored_rownames_column_are_accepted(
     np.testing.assert_array_equal(X, X_ref)
 
 
-def test_csv_with_missing_column_is_refused_naming_the_file(
-    good_csv: Path, schema: PreprocessingSchema
+def test_csv_with_missing_columns_is_refused_naming_the_file_and_each_column(
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, lambda f: f.drop(columns=["Income", "Job"]))
 
-    with pytest.raises(DataFileError, match="missing columns: Income, Job") as err:
+    with pytest.raises(DataFileError, match="column 'Income': missing") as err:
         load_csv(good_csv, schema)
 
     assert str(good_csv) in str(err.value)
     assert err.value.path == good_csv
+    assert [(p.kind, p.column) for p in err.value.problems] == [
+        ("missing_column", "Income"), ("missing_column", "Job")
+    ]
 
 
 def test_csv_with_unexpected_and_missing_columns_names_both_in_one_error(
-    good_csv: Path, schema: PreprocessingSchema
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, lambda f: f.rename(columns={"Age": "age", "Debt": "SSN"}))
 
     with pytest.raises(DataFileError) as err:
         load_csv(good_csv, schema)
 
-    message = str(err.value)
-    assert str(good_csv) in message
-    assert "missing columns: Age, Debt" in message
-    assert "unexpected columns: age, SSN" in message
-
-
-def test_empty_csv_is_refused_naming_the_file(tmp_path: Path, schema: PreprocessingSchema) -> None:
-    path = tmp_path / "empty.csv"
-    path.write_text("")
-
-    with pytest.raises(DataFileError, match="file is empty") as err:
-        load_csv(path, schema)
-
-    assert str(path) in str(err.value)
-
-
-def test_header_only_csv_is_refused_naming_the_file(
-    good_csv: Path, schema: PreprocessingSchema
-) -> None:
-    header = good_csv.read_text().splitlines()[0]
-    good_csv.write_text(header + "\n")
-
-    with pytest.raises(DataFileError, match="no data rows") as err:
-        load_csv(good_csv, schema)
-
     assert str(good_csv) in str(err.value)
+    assert {(p.kind, p.column) for p in err.value.problems} == {
+        ("missing_column", "Age"), ("missing_column", "Debt"),
+        ("unexpected_column", "age"), ("unexpected_column", "SSN"),
+    }
 
 
-def test_csv_with_unknown_target_labels_is_refused_naming_the_file(
-    good_csv: Path, schema: PreprocessingSchema
+def test_csv_with_an_unknown_target_label_is_refused_naming_row_and_column(
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, _set_cell(3, "Status", "default"))
 
-    expected = "unknown labels in target column 'Status': 'default'"
-    with pytest.raises(DataFileError, match=expected) as err:
+    expected = "row 4 (1 row): column 'Status': unknown label 'default' (expected 'bad' or 'good')"
+    with pytest.raises(DataFileError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
         load_csv(good_csv, schema)
 
     assert str(good_csv) in str(err.value)
 
 
 def test_csv_with_a_missing_target_label_is_refused(
-    good_csv: Path, schema: PreprocessingSchema
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, _set_cell(0, "Status", ""))
 
-    with pytest.raises(DataFileError, match="1 missing labels"):
+    with pytest.raises(DataFileError, match=r"row 1 \(1 row\): column 'Status': missing label"):
         load_csv(good_csv, schema)
 
 
-def test_csv_with_text_in_a_numeric_column_is_refused_naming_the_file(
-    good_csv: Path, schema: PreprocessingSchema
+def test_csv_with_text_in_a_numeric_column_is_refused_naming_row_and_value(
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, _set_cell(2, "Amount", "1,000"))
 
-    expected = "non-numeric values in numeric column 'Amount': '1,000'"
+    expected = r"row 3 \(1 row\): column 'Amount': non-numeric value '1,000'"
     with pytest.raises(DataFileError, match=expected) as err:
         load_csv(good_csv, schema)
 
     assert str(good_csv) in str(err.value)
 
 
-def test_missing_csv_file_is_refused_as_a_data_file_error(
-    tmp_path: Path, schema: PreprocessingSchema
-) -> None:
-    with pytest.raises(DataFileError, match="cannot be read"):
-        load_csv(tmp_path / "nope.csv", schema)
-
-
 def test_na_markers_in_a_csv_are_imputed_like_missing_values(
-    good_csv: Path, schema: PreprocessingSchema
+    good_csv: Path, schema: DataSchema
 ) -> None:
     _rewrite(good_csv, _set_cell(0, "Income", "NA"))
 
     X, _ = load_csv(good_csv, schema)
 
-    income = next(c for c in schema.numeric if c.name == "Income")
+    income = next(f for f in schema.features if f.name == "Income")
+    assert isinstance(income, NumericFeature) and income.impute is not None
     assert X[0, 4] == pytest.approx((income.impute - income.mean) / income.scale)
 
 
 def test_transform_of_a_mismatched_frame_raises_a_mismatch_error_not_a_file_error(
-    schema: PreprocessingSchema,
+    schema: DataSchema,
 ) -> None:
     frame = load_credit_frame().drop(columns=["Status"])
 
-    with pytest.raises(DataMismatchError, match="missing columns: Status") as err:
+    with pytest.raises(DataMismatchError, match="column 'Status': missing") as err:
         schema.transform(frame)
 
     assert not isinstance(err.value, DataFileError)

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Context, Message, RecordDict
 
-from fl import data as fl_data
+from fl import demo_data
 from fl import model as fl_model
 from fl.adversary import EXPECTED_REASON, parse_adversaries
 from fl.client_app import ClientRuntime
@@ -42,7 +42,7 @@ def pki(tmp_path_factory) -> dict[str, tuple[ec.EllipticCurvePrivateKey, str]]:
 
 @pytest.fixture(scope="module")
 def base() -> dict[str, np.ndarray]:
-    return fl_model.initial_arrays(fl_data.credit_schema().n_features, seed=1)
+    return fl_model.initial_arrays(fl_model.ModelSpec(seed=1), demo_data.credit_schema().n_features)
 
 
 def participants(pki: dict[str, Any], status: dict[str, str] | None = None) -> dict[str, Participant]:
@@ -64,7 +64,7 @@ class Resolver:
         return ClientRuntime(
             participant=pid,
             key=self.pki[pid][0],
-            load_data=functools.partial(fl_data.load_partition, index, 3, 7),
+            load_data=functools.partial(demo_data.load_partition, index, 3, 7),
             adversary=self.adversaries.get(pid),
         )
 

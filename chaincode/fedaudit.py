@@ -25,8 +25,11 @@ State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in ro
 ``round~F~NNNNNNNN``            RoundRecord
 ``commit~F~NNNNNNNN``           ModelCommit
 ``rewards~F~NNNNNNNN``          ``{participant: units}``
+``evaluation~F~NNNNNNNN``       EvaluationRecord: the round's committed model evaluated
+                                by the institutions on their hold-outs
 ``roundtx~F~NNNNNNNN``          ``{"record_tx", "commit_tx"?, "rewards_tx"?}`` each
                                 ``{"timestamp_ms", "tx_id"}``
+``evaltx~F~NNNNNNNN``           ``{"timestamp_ms", "tx_id"}`` of the RecordEvaluation
 ``balance~F~P``                 ``{"balance": units}``
 =============================== ===========================================================
 
@@ -41,7 +44,10 @@ disjoint keys; the embedded ledger runs one transaction at a time and never conf
   many, never conflict; two registrations of one id or one public key do, as they must.
 * AdmitParticipant and RevokeParticipant rewrite only ``participant~F~P``.
 * RecordRound, CommitModel and IssueRewards rewrite ``chain~F`` and ``roundtx~F~NNNNNNNN``:
-  one coordinator runs them in order, so they are sequential by design. RecordRound also
+  one coordinator runs them in order, so they are sequential by design. RecordEvaluation
+  reads ``chain~F`` and the round's commit and writes only its own keys
+  (``evaluation~`` and ``evaltx~``), so an incentive run issuing rewards for the round
+  at the same time (it rewrites ``roundtx~``) does not conflict with it. RecordRound also
   reads the accepted participants' records: admitting or revoking one of them at the same
   time invalidates one of the two, which is right, since the record was checked against
   their status.
@@ -63,7 +69,9 @@ Round rules: rounds are recorded consecutively from 1; round *r* may be recorded
 round *r−1* is recorded, committed or not. A round that is recorded but never committed
 (a coordinator crashed between RecordRound and CommitModel) is *abandoned* as soon as the
 next round is recorded: it stays on the ledger as evidence and can no longer be
-committed. Every round's ``base_model`` must be the federation's current model — the model
+committed. A round's evaluation (RecordEvaluation) is recorded once, after its
+CommitModel and before the next round is recorded; a round whose evaluation was not
+recorded by then keeps none (a resumed coordinator does not back-fill it). Every round's ``base_model`` must be the federation's current model — the model
 of the last committed round (before any commit: round 1's base model) — so committed
 models always form an unbroken chain. A resuming coordinator therefore records only the
 round that has no record, starting from the last committed model.
@@ -79,9 +87,11 @@ from cryptography.hazmat.primitives import serialization
 from chaincode.canonical import canonical_bytes, canonical_json, parse_json
 from chaincode.certs import check_participant_cert, load_pem_certificate, valid_at
 from chaincode.errors import AccessDenied, Duplicate, Invalid, NotFound
+from chaincode.evaluation import check_accepted_evaluation
 from chaincode.evidence import check_accepted_entry
 from chaincode.schema import (
     COMMIT,
+    EVALUATION,
     ID_RE,
     MAX_AMOUNT,
     META,
@@ -121,6 +131,7 @@ TRANSACTIONS = (
     "RevokeParticipant",
     "RecordRound",
     "CommitModel",
+    "RecordEvaluation",
     "IssueRewards",
     "Transfer",
 )
@@ -140,6 +151,7 @@ EVENTS = (
     "ParticipantRevoked",
     "RoundRecorded",
     "ModelCommitted",
+    "EvaluationRecorded",
     "RewardsIssued",
     "TokensTransferred",
 )
@@ -162,6 +174,8 @@ async def _round_view(ctx: TransactionContext, fed: str, round_no: int, record: 
         "commit_tx": stamps.get("commit_tx"),
         "rewards": await get_json(ctx, key(ctx, "rewards", fed, attr)),
         "rewards_tx": stamps.get("rewards_tx"),
+        "evaluation": await get_json(ctx, key(ctx, "evaluation", fed, attr)),
+        "evaluation_tx": await get_json(ctx, key(ctx, "evaltx", fed, attr)),
     }
 
 
@@ -445,6 +459,76 @@ class FedAudit(Contract):
             },
         )
         return canonical_json(commit)
+
+    async def RecordEvaluation(self, ctx: TransactionContext, fed: str, round: str, record_json: str) -> str:
+        """Coordinator: record the institutions' signed evaluations of a round's committed model.
+
+        Once per round, after its CommitModel and before the next round is recorded.
+        Accepted entries must be backed by an evaluation manifest the participant (active,
+        certificate valid) signed over exactly the recorded metrics and the committed model;
+        rejected entries keep bounded evidence and their reason.
+        """
+        federation, round_no = await _coordinator_round(ctx, fed, round, "RecordEvaluation")
+        evaluation = EVALUATION(parse_json(record_json, "evaluation"), "evaluation")
+        if evaluation["round"] != round_no:
+            raise Invalid(f"evaluation.round {evaluation['round']} does not match round {round_no}")
+        attr = round_attr(round_no)
+        commit = await get_json(ctx, key(ctx, "commit", fed, attr))
+        if commit is None:
+            raise Invalid(f"RecordEvaluation for round {round_no} needs its CommitModel first")
+        record_key = key(ctx, "evaluation", fed, attr)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"the evaluation of round {round_no} of federation {fed} is already recorded")
+        chain = await get_json(ctx, key(ctx, "chain", fed))
+        if chain["last_round"] != round_no:
+            raise Invalid(
+                f"the evaluation of round {round_no} can no longer be recorded: round "
+                f"{chain['last_round']} is recorded"
+            )
+        if evaluation["model"] != commit["model"]:
+            raise Invalid(
+                f"evaluation model {evaluation['model']} is not the model committed in round {round_no} "
+                f"{commit['model']}"
+            )
+        seen: set[str] = set()
+        for entry in evaluation["entries"]:
+            pid = entry["participant"]
+            if entry["status"] == "rejected":
+                if entry["reason"] is None:
+                    raise Invalid(f"rejected evaluation of {pid!r} must carry a reason")
+                continue
+            if ID_RE.fullmatch(pid) is None:
+                raise Invalid(f"accepted evaluation names {pid!r}, which is not a participant id")
+            if pid in seen:
+                raise Invalid(f"participant {pid} has more than one accepted evaluation")
+            seen.add(pid)
+            participant = await get_json(ctx, key(ctx, "participant", fed, pid))
+            if participant is None:
+                raise Invalid(f"accepted evaluation names participant {pid}, which is not registered")
+            if participant["status"] != "active":
+                raise Invalid(
+                    f"accepted evaluation names participant {pid}, which is {participant['status']}, not active"
+                )
+            if not valid_at(participant["cert_pem"], tx_ms(ctx)):
+                raise Invalid(f"accepted evaluation names participant {pid}, whose certificate is not valid now")
+            check_accepted_evaluation(entry, fed, round_no, commit["model"], participant["cert_pem"],
+                                      federation["policy"]["max_num_examples"])
+        written = stamp(ctx)
+        await put_json(ctx, record_key, evaluation)
+        await put_json(ctx, key(ctx, "evaltx", fed, attr), written)
+        emit(
+            ctx,
+            "EvaluationRecorded",
+            {
+                "accepted": sorted(seen),
+                "evaluation_sha256": hashlib.sha256(canonical_bytes(evaluation)).hexdigest(),
+                "federation": fed,
+                "model": evaluation["model"],
+                "rejected": sum(1 for e in evaluation["entries"] if e["status"] == "rejected"),
+                "round": round_no,
+            },
+        )
+        return canonical_json(evaluation)
 
     # --- tokens -----------------------------------------------------------------------
 

@@ -31,6 +31,11 @@ __all__ = [
     "ENTRY",
     "RECORD",
     "COMMIT",
+    "EVALUATION_REASONS",
+    "EVALUATION_ENTRY",
+    "EVALUATION",
+    "PPM",
+    "MAX_LOG_LOSS_PPM",
     "META",
     "REWARDS",
     "parse_round",
@@ -69,6 +74,27 @@ REASONS: tuple[str, ...] = (
     "wrong_shape",
     "outlier",
 )
+
+# Copy of ledger.records.EVALUATION_REASONS (a test keeps them equal).
+EVALUATION_REASONS: tuple[str, ...] = (
+    "no_reply",
+    "reply_error",
+    "malformed",
+    "wrong_federation",
+    "wrong_round",
+    "wrong_model",
+    "unknown_participant",
+    "not_admitted",
+    "revoked",
+    "cert_expired",
+    "node_mismatch",
+    "bad_signature",
+    "high_s",
+    "duplicate",
+)
+# Evaluation metrics are integers in millionths (ledger.formats.PPM, MAX_LOG_LOSS_PPM).
+PPM = 1_000_000
+MAX_LOG_LOSS_PPM = 100 * PPM
 
 Check = Callable[[Any, str], Any]
 _REQUIRED = object()
@@ -216,6 +242,8 @@ POLICY = obj(
         "aggregation": (text(min_len=1, max_len=64), "fedavg"),
         "data_schema_digest": (optional(text(max_len=256)), None),
         "model": (text(max_len=256), ""),
+        "validation_digest": (optional(text(max_len=256)), None),
+        "eval_fraction_ppm": (integer(lo=0, hi=900_000), 200_000),
     },
 )
 
@@ -255,6 +283,33 @@ COMMIT = obj(
         "accepted": (list_of(_pid, unique=True), _REQUIRED),
         "weights": (dict_of(_pid, integer(lo=0)), _REQUIRED),
         "aggregation": (text(min_len=1, max_len=64), "fedavg"),
+    },
+)
+
+EVALUATION_ENTRY = obj(
+    "entry",
+    {
+        "participant": (text(max_len=128), _REQUIRED),
+        "status": (one_of("accepted", "rejected"), _REQUIRED),
+        "reason": (optional(one_of(*EVALUATION_REASONS)), None),
+        "detail": (optional(text(max_len=512)), None),
+        "node": (optional(text(max_len=64)), None),
+        "manifest": (optional(text(max_len=1024)), None),
+        "manifest_hash": (optional(_hex64), None),
+        "signature": (optional(text(max_len=96)), None),
+        "num_examples": (optional(integer(lo=0)), None),
+        "accuracy_ppm": (optional(integer(lo=0, hi=PPM)), None),
+        "auc_ppm": (optional(integer(lo=0, hi=PPM)), None),
+        "log_loss_ppm": (optional(integer(lo=0, hi=MAX_LOG_LOSS_PPM)), None),
+    },
+)
+
+EVALUATION = obj(
+    "evaluation",
+    {
+        "round": (integer(lo=1, hi=MAX_ROUND), _REQUIRED),
+        "model": (_hex64, _REQUIRED),
+        "entries": (list_of(EVALUATION_ENTRY, max_items=100_000), _REQUIRED),
     },
 )
 

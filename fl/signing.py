@@ -11,6 +11,11 @@ signature back — or a refusal, which fails the reply (Flower sends an error re
 coordinator records ``reply_error``), so nothing leaves unsigned or signed off-policy.
 The demo's in-process simulation and unit tests sign with a key object
 (:func:`key_signer`): there is no institution boundary to keep there.
+
+Evaluate replies are signed the same way, by the same signer: the mod hashes the global
+model the client evaluated (``model``), takes the hold-out metrics from the reply's
+MetricRecord (integers in millionths, :mod:`fl.evaluation`) and attaches a signed
+:class:`~ledger.formats.EvaluationManifest` as the reply's ``"audit"`` record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fl.records import to_arrays
 from fl.signer.client import SignerClient, SignerRefused
-from ledger.formats import Manifest, sign, update_digest
+from ledger.formats import EvaluationManifest, Manifest, sign, update_digest
 
 __all__ = ["AUDIT_KEY", "ManifestSigner", "SignerSpec", "NoSigner", "key_signer", "socket_signer",
            "make_signing_mod"]
@@ -33,8 +38,8 @@ __all__ = ["AUDIT_KEY", "ManifestSigner", "SignerSpec", "NoSigner", "key_signer"
 AUDIT_KEY = "audit"
 log = structlog.get_logger("fedledger.client")
 CallNext = Callable[[Message, Context], Message]
-ManifestSigner = Callable[[Manifest], str]
-"""Signs a manifest; returns the base64 low-S DER signature (DESIGN §3)."""
+ManifestSigner = Callable[[Manifest | EvaluationManifest], str]
+"""Signs an update or evaluation manifest; returns the base64 low-S DER signature (DESIGN §3)."""
 
 
 class NoSigner(RuntimeError):
@@ -57,16 +62,26 @@ def key_signer(key: ec.EllipticCurvePrivateKey) -> ManifestSigner:
 def socket_signer(path: str | Path) -> ManifestSigner:
     """Ask the institution's signer at ``path``; a refusal raises :class:`SignerRefused`."""
     client = SignerClient(path)
-    return lambda manifest: client.sign_manifest(manifest.to_bytes().decode("utf-8"), manifest.update)
+
+    def ask(manifest: Manifest | EvaluationManifest) -> str:
+        text = manifest.to_bytes().decode("utf-8")
+        if isinstance(manifest, EvaluationManifest):
+            return client.sign_evaluation(text)
+        return client.sign_manifest(text, manifest.update)
+
+    return ask
 
 
 def make_signing_mod(
     resolve: Callable[[Context], SignerSpec],
 ) -> Callable[[Message, Context, CallNext], Message]:
-    """A mod that signs train replies as the participant ``resolve(context)`` names."""
+    """A mod that signs train and evaluate replies as the participant ``resolve(context)`` names."""
 
     def signing_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
-        if msg.metadata.message_type.split(".")[0] != "train":
+        kind = msg.metadata.message_type.split(".")[0]
+        if kind == "evaluate":
+            return _sign_evaluation(msg, context, call_next, resolve)
+        if kind != "train":
             return call_next(msg, context)
         config = msg.content["config"]
         base_model = update_digest(to_arrays(msg.content["arrays"]))
@@ -96,3 +111,38 @@ def make_signing_mod(
         return reply
 
     return signing_mod
+
+
+def _sign_evaluation(
+    msg: Message, context: Context, call_next: CallNext, resolve: Callable[[Context], SignerSpec]
+) -> Message:
+    """Sign an evaluate reply: the model actually received, the metrics actually returned."""
+    config = msg.content["config"]
+    model = update_digest(to_arrays(msg.content["arrays"]))
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    signer = resolve(context)
+    metrics = reply.content["metrics"]
+    auc = metrics.get("auc-ppm")
+    manifest = EvaluationManifest(
+        federation=str(config["federation"]),
+        participant=signer.participant,
+        round=int(config["round"]),
+        model=model,
+        num_examples=int(metrics["num-examples"]),
+        accuracy_ppm=int(metrics["accuracy-ppm"]),
+        auc_ppm=None if auc is None else int(auc),
+        log_loss_ppm=int(metrics["log-loss-ppm"]),
+    )
+    try:
+        signature = signer.sign(manifest)
+    except SignerRefused as exc:
+        log.warning("evaluation_refused_by_signer", round=manifest.round, participant=manifest.participant,
+                    reason=exc.reason, detail=exc.detail)
+        raise
+    reply.content[AUDIT_KEY] = ConfigRecord({"manifest": manifest.to_bytes().decode("utf-8"),
+                                             "signature": signature})
+    log.info("evaluation_signed", round=manifest.round, participant=manifest.participant, model=model,
+             manifest_hash=manifest.hash(), num_examples=manifest.num_examples)
+    return reply

@@ -9,6 +9,17 @@ commit) → deterministic FedAvg → store the new model → ``CommitModel`` →
 Any ledger failure raises :class:`RoundFailed` out of ``aggregate_train``: Flower's
 strategy loop does not catch it, so the run stops without a new model (fail closed), and
 a restarted coordinator resumes from the ledger (:mod:`fl.resume`).
+
+Federated evaluation follows every commit: ``configure_evaluate`` sends the committed
+model to the nodes the round was sent to, each institution evaluates it on its hold-out
+and signs the metrics, and ``aggregate_evaluate`` verifies the replies and records all of
+them with one ``RecordEvaluation`` (a round nobody answers records an empty evaluation).
+A failed write raises :class:`RoundFailed` too. The round's summary (``on_round``, the
+rounds log) is written once its evaluation is on the ledger, so it carries the metrics.
+A coordinator stopped between ``CommitModel`` and ``RecordEvaluation`` resumes from the
+committed model; that round keeps no evaluation (the contract refuses one once the next
+round is recorded: evaluations are not back-filled) and has no line in the rounds log —
+the ledger is the record of it.
 """
 
 from __future__ import annotations
@@ -22,18 +33,28 @@ from typing import Any
 
 import numpy as np
 import structlog
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fl.deploy.binding import NodeDirectory, active_only
+from fl.evaluation import EVAL_FRACTION_KEY
 from fl.records import to_arrays, to_record
-from fl.verification import KeyCache, RoundContext, entry_order, verify_round
+from fl.verification import (
+    EvaluationContext,
+    KeyCache,
+    RoundContext,
+    entry_order,
+    evaluation_order,
+    verify_evaluations,
+    verify_round,
+)
 from ledger.aggregate import AGGREGATORS
 from ledger.artifacts import ArtifactStore
 from ledger.errors import LedgerError
 from ledger.protocol import Ledger
-from ledger.records import ModelCommit, RoundEntry, RoundRecord, ScorerSpec
+from ledger.formats import PPM
+from ledger.records import EvaluationEntry, EvaluationRecord, ModelCommit, RoundEntry, RoundRecord, ScorerSpec
 from ledger.scoring import SCORERS
 
 __all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary"]
@@ -63,6 +84,14 @@ class RoundSummary:
     ledger_seconds: float  # of which: waiting for RecordRound and CommitModel
     aggregate_seconds: float = 0.0  # of which: in aggregate_train (verify, score, record, commit)
     metrics: dict[str, float] = field(default_factory=dict)
+    # Federated evaluation of ``model`` on each institution's hold-out (signed, on the ledger):
+    # {participant: {accuracy, auc, log_loss, examples}}, and the examples-weighted mean.
+    evaluation: dict[str, dict[str, float | int | None]] | None = None
+    evaluation_mean: dict[str, float | int | None] | None = None
+    evaluation_rejected: list[dict[str, str | None]] = field(default_factory=list)
+    evaluation_tx: str | None = None
+    evaluation_block: int | None = None
+    evaluation_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for JSON output."""
@@ -89,11 +118,13 @@ class AuditedFedAvg(FedAvg):
         scorer: ScorerSpec | None = None,
         aggregation: str = "fedavg",
         max_num_examples: int = 1_000_000,
+        eval_fraction_ppm: int | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,
             min_train_nodes=expected_nodes,
+            min_evaluate_nodes=0,
             min_available_nodes=expected_nodes,
         )
         self.ledger = ledger
@@ -121,6 +152,10 @@ class AuditedFedAvg(FedAvg):
         self._base: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
         self._round_started = 0.0
         self._sent: set[str] = set()  # nodes the current round was sent to
+        self._sent_ids: list[int] = []
+        # The hold-out share, in millionths (None: the federation policy's, read once).
+        self._eval_fraction_ppm = eval_fraction_ppm
+        self._pending: RoundSummary | None = None  # committed, its evaluation not yet recorded
 
     def ledger_round(self, server_round: int) -> int:
         """The federation's round number for Flower's ``server_round`` (after a resume)."""
@@ -147,6 +182,7 @@ class AuditedFedAvg(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.node_directory is None:
             self._sent = {str(m.metadata.dst_node_id) for m in messages}
+            self._sent_ids = [m.metadata.dst_node_id for m in messages]
             return messages
         self.node_directory.update(grid.get_nodes(), participants)
         chosen = active_only(messages, self.node_directory, participants)
@@ -155,6 +191,7 @@ class AuditedFedAvg(FedAvg):
         log.info("round_sent", round=self.ledger_round(server_round), nodes=len(chosen),
                  skipped=len(messages) - len(chosen))
         self._sent = {str(m.metadata.dst_node_id) for m in chosen}
+        self._sent_ids = [m.metadata.dst_node_id for m in chosen]
         return chosen
 
     def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -166,8 +203,18 @@ class AuditedFedAvg(FedAvg):
         self._base = {server_round: (base_model, base_arrays)}
         round_no = self.ledger_round(server_round)
         log.info("round_started", round=round_no, base_model=base_model)
+        # Clients train only on what they do not hold out for evaluation.
         return {"federation": self.federation, "round": round_no, "base-model": base_model,
-                **self.train_settings}
+                **self.train_settings, EVAL_FRACTION_KEY: self.eval_fraction_ppm(round_no) / PPM}
+
+    def eval_fraction_ppm(self, round_no: int = 0) -> int:
+        """The share of rows each institution holds out, in millionths (0: no federated evaluation)."""
+        if self._eval_fraction_ppm is None:
+            try:
+                self._eval_fraction_ppm = self.ledger.get_federation(self.federation).policy.eval_fraction_ppm
+            except LedgerError as exc:
+                raise RoundFailed(f"round {round_no}: cannot read the federation policy: {exc}") from exc
+        return self._eval_fraction_ppm
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -255,11 +302,101 @@ class AuditedFedAvg(FedAvg):
         summary.aggregate_seconds = time.perf_counter() - aggregate_started
         if self.evaluate is not None:
             summary.metrics = self.evaluate(new_arrays)
+        # The summary object is filled in with its evaluation later; it is reported
+        # (``on_round``, the rounds log) once that evaluation is on the ledger.
         self.summaries.append(summary)
-        if self.on_round is not None:
-            self.on_round(summary)
+        if self.eval_fraction_ppm(round_no) > 0:
+            self._pending = summary
+        else:
+            self._finish(summary)
         total = sum(u.weight for u in verdict.accepted)
         return to_record(new_arrays), MetricRecord({"num-examples": total, **summary.metrics})
+
+
+    def _finish(self, summary: RoundSummary) -> None:
+        if self.on_round is not None:
+            self.on_round(summary)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the model just committed to the nodes the round went to (node binding holds).
+
+        The config names the federation, the round, the model's digest and how to split
+        the hold-out (fraction and seed), so every institution evaluates on the part of its
+        data it did not train on.
+        """
+        pending = self._pending
+        if pending is None:
+            return []
+        content = ConfigRecord({
+            **dict(config),
+            "federation": self.federation,
+            "round": pending.round,
+            "model": pending.model,
+            EVAL_FRACTION_KEY: self.eval_fraction_ppm(pending.round) / PPM,
+            "seed": self.train_settings.get("seed", 0),
+            "server-round": server_round,
+        })
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: content})
+        log.info("evaluation_sent", round=pending.round, model=pending.model, nodes=len(self._sent_ids))
+        return self._construct_messages(record, list(self._sent_ids), MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Verify the signed evaluations, record all of them with one ``RecordEvaluation``,
+        then write the round's summary; raise RoundFailed if the ledger does not commit."""
+        summary, self._pending = self._pending, None
+        if summary is None:
+            return None
+        replies = list(replies)
+        round_no = summary.round
+        try:
+            participants = {p.id: p for p in self.ledger.participants(self.federation)}
+        except LedgerError as exc:
+            raise RoundFailed(f"round {round_no}: cannot read participants: {exc}") from exc
+        ctx = EvaluationContext(federation=self.federation, round=round_no, model=summary.model,
+                                participants=participants, node_owner=self.node_owner,
+                                max_num_examples=self.max_num_examples)
+        entries = verify_evaluations(replies, ctx, self.keys)
+        answered = {str(r.metadata.src_node_id) for r in replies}
+        for node in sorted(self._sent - answered):
+            owner = self.node_owner(node) if self.node_owner is not None else None
+            entries.append(EvaluationEntry(participant=owner or f"(node {node})"[:128], status="rejected",
+                                           reason="no_reply", detail="no evaluation before the round's timeout",
+                                           node=node[:64]))
+        entries.sort(key=evaluation_order)
+        record = EvaluationRecord(round=round_no, model=summary.model, entries=entries)
+        started = time.perf_counter()
+        try:
+            receipt = self.ledger.record_evaluation(self.federation, round_no, record)
+        except LedgerError as exc:
+            log.error("evaluation_record_failed", round=round_no, error=str(exc))
+            summary.evaluation_error = f"RecordEvaluation was not committed: {exc}"[:500]
+            self._finish(summary)
+            raise RoundFailed(f"round {round_no}: RecordEvaluation was not committed: {exc}") from exc
+        summary.ledger_seconds += time.perf_counter() - started
+        accepted = record.accepted()
+        log.info("evaluation_recorded", round=round_no, tx_id=receipt.tx_id, block=receipt.block_number,
+                 accepted=len(accepted), rejected=len(entries) - len(accepted))
+        summary.evaluation = {e.participant: _metrics(e.accuracy_ppm, e.auc_ppm, e.log_loss_ppm, e.num_examples)
+                              for e in accepted}
+        mean = record.mean_ppm()
+        summary.evaluation_mean = _metrics(mean["accuracy_ppm"], mean["auc_ppm"], mean["log_loss_ppm"],
+                                           mean["examples"])
+        summary.evaluation_rejected = [{"participant": e.participant, "reason": e.reason, "detail": e.detail}
+                                       for e in entries if e.status == "rejected"]
+        summary.evaluation_tx, summary.evaluation_block = receipt.tx_id, receipt.block_number
+        self._finish(summary)
+        return MetricRecord({k: v for k, v in summary.evaluation_mean.items() if v is not None})
+
+
+def _metrics(accuracy: int | None, auc: int | None, log_loss: int | None,
+             examples: int | None) -> dict[str, float | int | None]:
+    """Signed millionths as the rounds log's floats."""
+    def value(ppm: int | None) -> float | None:
+        return None if ppm is None else ppm / PPM
+
+    return {"accuracy": value(accuracy), "auc": value(auc), "log_loss": value(log_loss), "examples": examples or 0}
 
 
 def append_jsonl(path: Path) -> Callable[[RoundSummary], None]:

@@ -12,6 +12,11 @@ record depend on arrival order.
 
 Nothing a participant sends can stop the round: undecodable, mistyped or oversized
 content is recorded as ``malformed`` and the round goes on.
+
+:func:`verify_evaluations` does the same for the evaluate replies about the model a round
+committed: reply error → malformed → wrong federation / round / model → unknown, not
+admitted, revoked, expired or node bound to another participant → bad signature →
+duplicate (among authenticated replies, for the reason given above).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from fl.signing import AUDIT_KEY
 from ledger.aggregate import WeightedUpdate
 from ledger.formats import (
     MAX_SIGNATURE_B64,
+    EvaluationManifest,
     FormatError,
     Manifest,
     SignatureError,
@@ -40,9 +46,10 @@ from ledger.formats import (
     update_digest,
     verify,
 )
-from ledger.records import Participant, RoundEntry
+from ledger.records import EvaluationEntry, Participant, RoundEntry
 
-__all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache"]
+__all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache",
+           "EvaluationContext", "verify_evaluations"]
 
 log = structlog.get_logger("fedledger.coordinator")
 
@@ -317,3 +324,162 @@ def verify_round(
     verdict.entries.sort(key=entry_order)
     verdict.accepted.sort(key=lambda u: u.participant)
     return verdict
+
+
+# --- evaluation replies ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """What an evaluate reply is checked against: the round and the model it committed."""
+
+    federation: str
+    round: int
+    model: str
+    participants: Mapping[str, Participant]
+    node_owner: Callable[[str], str | None] | None = None
+    max_num_examples: int = 1_000_000
+    now: dt.datetime | None = None
+
+
+@dataclass
+class _Evaluation:
+    node: str
+    participant: str = "(unknown)"
+    manifest: EvaluationManifest | None = None
+    manifest_text: str | None = None
+    signature: str | None = None
+
+
+_METRIC_KEYS = {"num-examples": "num_examples", "accuracy-ppm": "accuracy_ppm", "auc-ppm": "auc_ppm",
+                "log-loss-ppm": "log_loss_ppm"}
+
+
+def _decode_evaluation(reply: Message, ctx: EvaluationContext, cand: _Evaluation) -> None:
+    """reply_error and malformed for an evaluate reply."""
+    if reply.has_error():
+        log.warning("evaluation_reply_error", node=cand.node, code=reply.error.code,
+                    reason=str(reply.error.reason)[:500])
+        raise UpdateRejected("reply_error", f"client error code {reply.error.code}")
+    content = reply.content
+    try:
+        audit = content[AUDIT_KEY]
+        if not isinstance(audit, ConfigRecord):
+            raise UpdateRejected("malformed", "'audit' is not a ConfigRecord")
+        manifest_text, signature = audit["manifest"], audit["signature"]
+        if not isinstance(manifest_text, str) or not isinstance(signature, str):
+            raise UpdateRejected("malformed", "audit manifest and signature must be strings")
+        if len(signature) > MAX_SIGNATURE_B64:
+            raise UpdateRejected("malformed", f"signature longer than {MAX_SIGNATURE_B64} characters")
+        cand.manifest = EvaluationManifest.parse(manifest_text)
+        cand.manifest_text, cand.signature = manifest_text, signature
+        cand.participant = cand.manifest.participant
+        metrics = content["metrics"]
+        if not isinstance(metrics, MetricRecord):
+            raise UpdateRejected("malformed", "'metrics' is not a MetricRecord")
+        reported = {field: metrics.get(key) for key, field in _METRIC_KEYS.items()}
+    except UpdateRejected:
+        raise
+    except FormatError as exc:
+        raise UpdateRejected("malformed", f"evaluation manifest: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise UpdateRejected("malformed", f"reply content: {type(exc).__name__}: {exc}"[:500]) from exc
+    manifest = cand.manifest
+    signed = {"num_examples": manifest.num_examples, **manifest.metrics()}
+    if reported != signed:
+        raise UpdateRejected("malformed", "the reply's metrics differ from the signed evaluation manifest")
+    if manifest.num_examples > ctx.max_num_examples:
+        raise UpdateRejected("malformed", f"num_examples {manifest.num_examples} above {ctx.max_num_examples}")
+
+
+def _authenticate_evaluation(reply: Message, ctx: EvaluationContext, keys: KeyCache, cand: _Evaluation) -> None:
+    _decode_evaluation(reply, ctx, cand)
+    manifest = cand.manifest
+    assert manifest is not None and cand.signature is not None
+    if manifest.federation != ctx.federation:
+        raise UpdateRejected("wrong_federation", f"manifest federation {manifest.federation}")
+    if manifest.round != ctx.round:
+        raise UpdateRejected("wrong_round", f"manifest round {manifest.round}, expected {ctx.round}")
+    if manifest.model != ctx.model:
+        raise UpdateRejected("wrong_model", f"evaluated {manifest.model[:16]}…, committed {ctx.model[:16]}…")
+    participant = ctx.participants.get(manifest.participant)
+    if participant is None:
+        raise UpdateRejected("unknown_participant", f"{manifest.participant} is not registered")
+    if participant.status == "pending":
+        raise UpdateRejected("not_admitted", f"{manifest.participant} is registered, not admitted")
+    if participant.status == "revoked":
+        raise UpdateRejected("revoked", f"{manifest.participant} was revoked")
+    try:
+        in_validity = keys.valid_at(participant.cert_pem, ctx.now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
+    if not in_validity:
+        raise UpdateRejected("cert_expired", f"the registered certificate of {manifest.participant} is not valid now")
+    if ctx.node_owner is not None:
+        owner = ctx.node_owner(cand.node)
+        if owner != manifest.participant:
+            raise UpdateRejected(
+                "node_mismatch", f"node {cand.node} authenticated as {owner}, not {manifest.participant}"
+            )
+    try:
+        verify(manifest.to_bytes(), cand.signature, keys.key(participant.cert_pem))
+    except SignatureError as exc:
+        raise UpdateRejected(exc.reason, str(exc)) from exc
+    except FormatError as exc:
+        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
+
+
+def _evaluation_entry(cand: _Evaluation, status: str, reason: str | None = None,
+                      detail: str | None = None) -> EvaluationEntry:
+    manifest = cand.manifest
+    return EvaluationEntry(
+        participant=cand.participant[:128],
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        detail=detail[:512] if detail else None,
+        node=cand.node[:64],
+        manifest=cand.manifest_text if manifest is not None else None,
+        manifest_hash=manifest.hash() if manifest is not None else None,
+        signature=cand.signature if manifest is not None else None,
+        num_examples=manifest.num_examples if manifest is not None else None,
+        accuracy_ppm=manifest.accuracy_ppm if manifest is not None else None,
+        auc_ppm=manifest.auc_ppm if manifest is not None else None,
+        log_loss_ppm=manifest.log_loss_ppm if manifest is not None else None,
+    )
+
+
+def evaluation_order(entry: EvaluationEntry) -> tuple[str, str, str, str]:
+    """The order of entries in an evaluation record: independent of reply arrival."""
+    return (entry.participant, entry.node or "", entry.manifest_hash or "", entry.reason or "")
+
+
+def verify_evaluations(
+    replies: Iterable[Message], ctx: EvaluationContext, keys: KeyCache | None = None
+) -> list[EvaluationEntry]:
+    """Check every evaluate reply about a round's committed model; entries for the ledger.
+
+    Every reply becomes an entry, accepted or rejected with its reason, sorted so the
+    record does not depend on arrival order.
+    """
+    keys = keys or KeyCache()
+    entries: list[EvaluationEntry] = []
+    authentic: list[_Evaluation] = []
+    for reply in replies:
+        cand = _Evaluation(node=str(reply.metadata.src_node_id))
+        try:
+            _authenticate_evaluation(reply, ctx, keys, cand)
+        except UpdateRejected as exc:
+            entries.append(_evaluation_entry(cand, "rejected", exc.reason, exc.detail))
+            continue
+        authentic.append(cand)
+    counts: dict[str, int] = {}
+    for cand in authentic:
+        counts[cand.participant] = counts.get(cand.participant, 0) + 1
+    for cand in authentic:
+        if counts[cand.participant] > 1:
+            entries.append(_evaluation_entry(cand, "rejected", "duplicate",
+                                             f"{counts[cand.participant]} signed evaluations from {cand.participant}"))
+        else:
+            entries.append(_evaluation_entry(cand, "accepted"))
+    entries.sort(key=evaluation_order)
+    return entries

@@ -4,8 +4,10 @@ From the ledger (read with the auditor's own identity) and the artifact store al
 re-checks every recorded signature against the registered certificate, every digest
 against the stored tensors, recomputes every round's FedAvg and contribution scores and
 compares them with what was committed, follows the chain of global models from the
-federation's initial model, and asks the backend to prove its own integrity (the
-embedded ledger's hash chain; block inclusion on Fabric). Needs no Flower and no torch.
+federation's initial model, re-verifies every signed evaluation (the institution's
+certificate, the manifest hash, the metrics and the committed model it names), and asks
+the backend to prove its own integrity (the embedded ledger's hash chain; block inclusion
+on Fabric). Needs no Flower and no torch.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import numpy as np
 from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.errors import LedgerError
-from ledger.formats import FormatError, Manifest, SignatureError, update_digest, verify
+from ledger.formats import EvaluationManifest, FormatError, Manifest, SignatureError, update_digest, verify
 from ledger.incentives import compute_rewards
 from ledger.protocol import Ledger
-from ledger.records import FederationPolicy, Participant, RoundEntry, RoundView
+from ledger.records import EvaluationEntry, FederationPolicy, Participant, RoundEntry, RoundView
 from ledger.scoring import SCORERS
 
 __all__ = ["AuditReport", "audit_federation", "backend_integrity"]
@@ -45,6 +47,13 @@ class AuditReport:
     # Transactions holding the audited records, whose inclusion the integrity proof checks.
     tx_ids: list[str] = field(default_factory=list)
     transactions_proven: int = 0
+    evaluations_checked: int = 0
+    # Committed rounds with no recorded evaluation (older rounds, or a coordinator that
+    # stopped between CommitModel and RecordEvaluation): noted, not a failure.
+    unevaluated_rounds: list[int] = field(default_factory=list)
+    # round → participant → whether its accepted evaluation's signature verified.
+    evaluation_verified: dict[int, dict[str, bool]] = field(default_factory=dict)
+    policy: FederationPolicy | None = None
 
     @property
     def ok(self) -> bool:
@@ -63,6 +72,8 @@ class AuditReport:
             "rewards_recomputed": self.rewards_recomputed,
             "blocks_checked": self.blocks_checked,
             "transactions_proven": self.transactions_proven,
+            "evaluations_checked": self.evaluations_checked,
+            "unevaluated_rounds": self.unevaluated_rounds,
             "head": self.head,
             "problems": self.problems,
         }
@@ -221,6 +232,80 @@ def _check_round(
     return commit.model
 
 
+def _check_evaluation_entry(
+    entry: EvaluationEntry, view: RoundView, participants: dict[str, Participant], report: AuditReport
+) -> bool:
+    """Re-verify one accepted evaluation against the registered certificate; True if it holds."""
+    where = f"round {view.round} evaluation of {entry.participant}"
+    if entry.manifest is None or entry.signature is None:
+        report.problems.append(f"{where}: accepted without a manifest and signature")
+        return False
+    try:
+        manifest = EvaluationManifest.parse(entry.manifest)
+    except FormatError as exc:
+        report.problems.append(f"{where}: recorded evaluation manifest is invalid: {exc}")
+        return False
+    ok = True
+    if manifest.hash() != entry.manifest_hash:
+        report.problems.append(f"{where}: manifest_hash does not match the manifest")
+        ok = False
+    model = view.commit.model if view.commit is not None else None
+    expected = (view.federation, view.round, model, entry.participant)
+    actual = (manifest.federation, manifest.round, manifest.model, manifest.participant)
+    if actual != expected:
+        report.problems.append(f"{where}: manifest names {actual}, the round committed {expected}")
+        ok = False
+    recorded = (entry.num_examples, entry.accuracy_ppm, entry.auc_ppm, entry.log_loss_ppm)
+    signed = (manifest.num_examples, manifest.accuracy_ppm, manifest.auc_ppm, manifest.log_loss_ppm)
+    if recorded != signed:
+        report.problems.append(f"{where}: recorded metrics {recorded} differ from the signed {signed}")
+        ok = False
+    participant = participants.get(entry.participant)
+    if participant is None:
+        report.problems.append(f"{where}: participant is not registered")
+        return False
+    try:
+        verify(manifest.to_bytes(), entry.signature, participant.cert_pem)
+        report.evaluations_checked += 1
+    except (SignatureError, FormatError) as exc:
+        report.problems.append(f"{where}: signature does not verify: {exc}")
+        ok = False
+    return ok
+
+
+def _check_evaluation(view: RoundView, participants: dict[str, Participant], report: AuditReport) -> None:
+    """A round's evaluation must be about its committed model and signed by who it names."""
+    evaluation = view.evaluation
+    if evaluation is None:
+        if view.commit is not None:
+            report.unevaluated_rounds.append(view.round)
+        return
+    where = f"round {view.round} evaluation"
+    if view.commit is None:
+        report.problems.append(f"{where}: recorded for a round with no committed model")
+    elif evaluation.model != view.commit.model:
+        report.problems.append(
+            f"{where}: model {evaluation.model[:16]}… is not the committed {view.commit.model[:16]}…")
+    if evaluation.round != view.round:
+        report.problems.append(f"{where}: record names round {evaluation.round}")
+    verified: dict[str, bool] = {}
+    for entry in evaluation.entries:
+        if entry.status == "accepted":
+            if entry.participant in verified:
+                report.problems.append(f"{where}: {entry.participant} has more than one accepted evaluation")
+            verified[entry.participant] = _check_evaluation_entry(entry, view, participants, report)
+        elif entry.reason in ("bad_signature", "high_s"):
+            participant = participants.get(entry.participant)
+            if entry.manifest is None or entry.signature is None or participant is None:
+                continue
+            try:
+                verify(entry.manifest.encode("utf-8"), entry.signature, participant.cert_pem)
+            except (SignatureError, FormatError):
+                continue
+            report.problems.append(f"{where}: {entry.participant} rejected as {entry.reason} but the signature verifies")
+    report.evaluation_verified[view.round] = verified
+
+
 def audit_federation(
     ledger: Ledger,
     federation: str,
@@ -236,13 +321,16 @@ def audit_federation(
     except LedgerError as exc:
         report.problems.append(f"ledger cannot be read: {exc}")
         return report
+    report.policy = fed.policy
     model = fed.policy.model
     for expected, view in enumerate(rounds, start=1):
         if view.round != expected:
             report.problems.append(f"round {expected} is missing (found {view.round})")
         before = len(report.problems)
-        report.tx_ids += [r.tx_id for r in (view.record_tx, view.commit_tx, view.rewards_tx) if r is not None]
+        report.tx_ids += [r.tx_id for r in (view.record_tx, view.commit_tx, view.rewards_tx, view.evaluation_tx)
+                          if r is not None]
         model = _check_round(view, model, fed.policy, participants, artifacts, report)
+        _check_evaluation(view, participants, report)
         report.round_problems[view.round] = report.problems[before:]
         report.rounds += 1
     if integrity is not None:

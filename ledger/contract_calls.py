@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger.formats import canonical_json
 from ledger.records import (
+    EvaluationRecord,
     Federation,
     FederationPolicy,
     HistoryEntry,
@@ -69,6 +70,10 @@ class ContractCalls:
     def commit_model(self, federation: str, round: int, commit: ModelCommit) -> TxReceipt:
         """Coordinator: commit the round's aggregate (once, after ``record_round``)."""
         return self._submit("CommitModel", [federation, str(round), _text(commit.canonical())])
+
+    def record_evaluation(self, federation: str, round: int, record: EvaluationRecord) -> TxReceipt:
+        """Coordinator: record the signed evaluations of a round's committed model (once)."""
+        return self._submit("RecordEvaluation", [federation, str(round), _text(record.canonical())])
 
     def issue_rewards(self, federation: str, round: int, rewards: dict[str, int]) -> TxReceipt:
         """Coordinator: mint integer token rewards for a committed round (once)."""

@@ -6,6 +6,9 @@ re-implementing the formats in another language only has to match these function
 * :func:`canonical_json` — keys sorted, ``,``/``:`` separators, UTF-8 as-is, no NaN.
 * :func:`update_digest` — the ``FLU1`` digest of a named set of tensors.
 * :class:`Manifest` — what a participant signs; :meth:`Manifest.to_bytes` is the signed text.
+* :class:`EvaluationManifest` — what a participant signs about the global model it
+  evaluated on its hold-out; ``"kind":"evaluation"`` keeps it from ever parsing (or
+  verifying) as an update manifest, and an update manifest from parsing as one of these.
 * :func:`sign` / :func:`verify` — ECDSA P-256 SHA-256, DER, low-S, base64.
 
 This module depends on numpy and cryptography only (no Flower, no torch).
@@ -42,6 +45,10 @@ __all__ = [
     "FormatError",
     "SignatureError",
     "Manifest",
+    "EvaluationManifest",
+    "EVALUATION_KIND",
+    "MAX_LOG_LOSS_PPM",
+    "PPM",
     "canonical_json",
     "sha256_hex",
     "update_digest",
@@ -222,6 +229,106 @@ class Manifest:
         manifest = cls(**obj)
         if manifest.to_bytes() != raw:
             raise FormatError("manifest is not in canonical form")
+        return manifest
+
+
+EVALUATION_KIND = "evaluation"
+# Metrics are integers in millionths: signed and chaincode data hold no floats.
+PPM = 1_000_000
+# Log-loss above 100 nats per example is a broken model, not a measurement.
+MAX_LOG_LOSS_PPM = 100 * PPM
+_EVALUATION_FIELDS = {"federation", "participant", "round", "model", "num_examples", "metrics", "kind", "v"}
+_METRIC_FIELDS = {"accuracy_ppm", "auc_ppm", "log_loss_ppm"}
+
+
+@dataclass(frozen=True)
+class EvaluationManifest:
+    """What a participant signs about a global model it evaluated on its local hold-out.
+
+    ``model`` is the digest of the global model committed in ``round`` (G_{r+1}); the
+    metrics are integers in millionths. ``auc_ppm`` is ``None`` when the hold-out holds a
+    single class (AUC is undefined then, and a made-up 0.5 would be signed as a measurement).
+    """
+
+    federation: str
+    participant: str
+    round: int
+    model: str
+    num_examples: int
+    accuracy_ppm: int
+    auc_ppm: int | None
+    log_loss_ppm: int
+    v: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        validate_id(self.federation, "federation")
+        validate_id(self.participant, "participant")
+        if type(self.round) is not int or self.round < 1:
+            raise FormatError("evaluation round must be a positive integer")
+        if type(self.num_examples) is not int or self.num_examples < 1:
+            raise FormatError("evaluation num_examples must be a positive integer")
+        if not isinstance(self.model, str) or _HEX64.fullmatch(self.model) is None:
+            raise FormatError("evaluation model must be 64 lowercase hex characters")
+        bounds = (("accuracy_ppm", self.accuracy_ppm, PPM), ("auc_ppm", self.auc_ppm, PPM),
+                  ("log_loss_ppm", self.log_loss_ppm, MAX_LOG_LOSS_PPM))
+        for field, value, hi in bounds:
+            if field == "auc_ppm" and value is None:
+                continue
+            if type(value) is not int or not 0 <= value <= hi:
+                raise FormatError(f"evaluation {field} must be an integer from 0 to {hi}")
+        if type(self.v) is not int or self.v != MANIFEST_VERSION:
+            raise FormatError(f"evaluation manifest version {self.v!r} is not supported")
+
+    def metrics(self) -> dict[str, int | None]:
+        """The signed metrics (integers in millionths)."""
+        return {"accuracy_ppm": self.accuracy_ppm, "auc_ppm": self.auc_ppm, "log_loss_ppm": self.log_loss_ppm}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as a plain dict (the signed fields, nothing else)."""
+        return {
+            "federation": self.federation,
+            "kind": EVALUATION_KIND,
+            "metrics": self.metrics(),
+            "model": self.model,
+            "num_examples": self.num_examples,
+            "participant": self.participant,
+            "round": self.round,
+            "v": self.v,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical JSON bytes that are signed and hashed."""
+        return canonical_json(self.to_dict())
+
+    def hash(self) -> str:
+        """SHA-256 hex of the canonical bytes."""
+        return sha256_hex(self.to_bytes())
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> EvaluationManifest:
+        """Parse and validate an evaluation manifest; it must already be canonical."""
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise FormatError(f"evaluation manifest is longer than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"evaluation manifest is not JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise FormatError("evaluation manifest must be a JSON object")
+        if set(obj) != _EVALUATION_FIELDS:
+            missing = sorted(_EVALUATION_FIELDS - set(obj))
+            extra = sorted(set(obj) - _EVALUATION_FIELDS)
+            raise FormatError(f"evaluation manifest fields differ (missing {missing}, unexpected {extra})")
+        if obj["kind"] != EVALUATION_KIND:
+            raise FormatError(f"manifest kind {obj['kind']!r} is not {EVALUATION_KIND!r}")
+        metrics = obj["metrics"]
+        if not isinstance(metrics, dict) or set(metrics) != _METRIC_FIELDS:
+            raise FormatError(f"evaluation metrics must have exactly the fields {sorted(_METRIC_FIELDS)}")
+        fields = {k: v for k, v in obj.items() if k not in ("kind", "metrics")}
+        manifest = cls(**fields, **metrics)
+        if manifest.to_bytes() != raw:
+            raise FormatError("evaluation manifest is not in canonical form")
         return manifest
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ledger.identity import Credentials
 from ledger.records import (
+    EvaluationRecord,
     Federation,
     FederationPolicy,
     HistoryEntry,
@@ -97,6 +98,11 @@ class Ledger(Protocol):
 
     def commit_model(self, federation: str, round: int, commit: ModelCommit) -> TxReceipt:
         """Coordinator: commit the round's aggregate (once, after ``record_round``)."""
+        ...
+
+    def record_evaluation(self, federation: str, round: int, record: EvaluationRecord) -> TxReceipt:
+        """Coordinator: record the institutions' signed evaluations of the model committed
+        in ``round`` (once, after ``commit_model``, before the next round is recorded)."""
         ...
 
     def issue_rewards(self, federation: str, round: int, rewards: dict[str, int]) -> TxReceipt:

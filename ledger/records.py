@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ledger.formats import ID_PATTERN, MAX_MANIFEST_BYTES, MAX_SIGNATURE_B64, canonical_json
+from ledger.formats import ID_PATTERN, MAX_LOG_LOSS_PPM, MAX_MANIFEST_BYTES, MAX_SIGNATURE_B64, PPM, canonical_json
 
 __all__ = [
     "REASONS",
@@ -26,6 +26,9 @@ __all__ = [
     "RoundEntry",
     "RoundRecord",
     "ModelCommit",
+    "EVALUATION_REASONS",
+    "EvaluationEntry",
+    "EvaluationRecord",
     "RoundView",
     "HistoryEntry",
 ]
@@ -114,6 +117,12 @@ class FederationPolicy(Record):
     aggregation: str = "fedavg"
     data_schema_digest: str | None = None
     model: str = ""
+    # SHA-256 of the coordinator's optional validation file (None: it has none).
+    validation_digest: str | None = None
+    # The share of each institution's rows held out for federated evaluation, in
+    # millionths; 0 turns federated evaluation off. Part of the policy so that every
+    # institution and the auditor derive the same split.
+    eval_fraction_ppm: int = Field(default=200_000, ge=0, le=900_000)
 
 
 class Federation(Record):
@@ -197,8 +206,86 @@ class ModelCommit(Record):
     aggregation: str = "fedavg"
 
 
+# Why an evaluation reply was not counted, in the order the coordinator checks (stable strings).
+EVALUATION_REASONS: tuple[str, ...] = (
+    "no_reply",
+    "reply_error",
+    "malformed",
+    "wrong_federation",
+    "wrong_round",
+    "wrong_model",
+    "unknown_participant",
+    "not_admitted",
+    "revoked",
+    "cert_expired",
+    "node_mismatch",
+    "bad_signature",
+    "high_s",
+    "duplicate",
+)
+
+
+class EvaluationEntry(Record):
+    """One institution's evaluation of a round's committed model, or why it was not counted.
+
+    Metrics are integers in millionths, exactly as signed in ``manifest``
+    (:class:`~ledger.formats.EvaluationManifest`); ``auc_ppm`` is None when the hold-out
+    held a single class.
+    """
+
+    participant: str = Field(max_length=128)
+    status: Literal["accepted", "rejected"]
+    reason: str | None = None
+    detail: str | None = Field(default=None, max_length=512)
+    node: str | None = Field(default=None, max_length=64)
+    manifest: str | None = Field(default=None, max_length=MAX_MANIFEST_BYTES)
+    manifest_hash: str | None = Field(default=None, pattern=_HEX64)
+    signature: str | None = Field(default=None, max_length=MAX_SIGNATURE_B64)
+    num_examples: int | None = Field(default=None, ge=0)
+    accuracy_ppm: int | None = Field(default=None, ge=0, le=PPM)
+    auc_ppm: int | None = Field(default=None, ge=0, le=PPM)
+    log_loss_ppm: int | None = Field(default=None, ge=0, le=MAX_LOG_LOSS_PPM)
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str | None) -> str | None:
+        if value is not None and value not in EVALUATION_REASONS:
+            raise ValueError(f"unknown evaluation rejection reason {value!r}")
+        return value
+
+
+class EvaluationRecord(Record):
+    """``RecordEvaluation``'s record: every evaluation reply about one round's committed model."""
+
+    round: int = Field(ge=1)
+    model: str = Field(pattern=_HEX64)
+    entries: list[EvaluationEntry]
+
+    def accepted(self) -> list[EvaluationEntry]:
+        """Accepted entries, sorted by participant id."""
+        return sorted((e for e in self.entries if e.status == "accepted"), key=lambda e: e.participant)
+
+    def mean_ppm(self) -> dict[str, int | None]:
+        """The examples-weighted federated mean of the accepted entries, in millionths.
+
+        Integer arithmetic (rounded half up), so every auditor gets the same numbers;
+        AUC is averaged over the entries that have one. ``examples`` is the total.
+        """
+        chosen = self.accepted()
+        result: dict[str, int | None] = {"examples": sum(e.num_examples or 0 for e in chosen)}
+        for name in ("accuracy_ppm", "auc_ppm", "log_loss_ppm"):
+            pairs = [(getattr(e, name), e.num_examples or 0) for e in chosen if getattr(e, name) is not None]
+            total = sum(n for _, n in pairs)
+            result[name] = None if total == 0 else (2 * sum(v * n for v, n in pairs) + total) // (2 * total)
+        return result
+
+
 class RoundView(Record):
-    """A round as an auditor sees it: record, commit and rewards with their receipts."""
+    """A round as an auditor sees it: record, commit, evaluation and rewards with their receipts.
+
+    ``evaluation`` is None for a round whose committed model was never evaluated (rounds
+    before federated evaluation existed, or a coordinator that stopped before recording it).
+    """
 
     federation: str
     round: int
@@ -208,6 +295,8 @@ class RoundView(Record):
     commit_tx: TxReceipt | None = None
     rewards: dict[str, int] | None = None
     rewards_tx: TxReceipt | None = None
+    evaluation: EvaluationRecord | None = None
+    evaluation_tx: TxReceipt | None = None
 
 
 class HistoryEntry(Record):

@@ -1,8 +1,9 @@
 """Per-round compliance reports for auditors and compliance officers.
 
 A report states, for one round, what the ledger holds (who was accepted with which
-score and reward, who was rejected and why, the transactions and blocks that hold it)
-and what the auditor's independent re-checks found (signatures, aggregate, scores,
+score and reward, who was rejected and why, how each institution's signed evaluation of
+the committed model came out and their federated mean, the transactions and blocks that
+hold it) and what the auditor's independent re-checks found (signatures, aggregate, scores,
 rewards, ledger integrity). It is built from an :class:`~ledger.audit.AuditReport` and
 the ledger read with the auditor's own identity, rendered as Markdown and JSON.
 """
@@ -41,6 +42,8 @@ def round_report(view: RoundView, audit: AuditReport, *, backend: str, auditor_m
     def tx(receipt: Any) -> dict[str, Any] | None:
         return None if receipt is None else receipt.model_dump(mode="json")
 
+    policy = audit.policy
+
     return {
         "federation": view.federation,
         "round": view.round,
@@ -51,12 +54,53 @@ def round_report(view: RoundView, audit: AuditReport, *, backend: str, auditor_m
         "model": view.commit.model if view.commit else None,
         "aggregation": view.commit.aggregation if view.commit else None,
         "scorer": view.record.scorer.model_dump(mode="json"),
-        "transactions": {"record": tx(view.record_tx), "commit": tx(view.commit_tx), "rewards": tx(view.rewards_tx)},
+        "transactions": {"record": tx(view.record_tx), "commit": tx(view.commit_tx), "rewards": tx(view.rewards_tx),
+                         "evaluation": tx(view.evaluation_tx)},
+        "data_schema_digest": policy.data_schema_digest if policy is not None else None,
+        "validation_digest": policy.validation_digest if policy is not None else None,
+        "evaluation": _evaluation(view, audit),
         "accepted": sum(1 for e in entries if e["status"] == "accepted"),
         "rejected": sum(1 for e in entries if e["status"] == "rejected"),
         "entries": entries,
         "problems": problems + ledger_problems,
     }
+
+
+def _ratio(ppm: int | None) -> float | None:
+    return None if ppm is None else ppm / 1e6
+
+
+def _evaluation(view: RoundView, audit: AuditReport) -> dict[str, Any] | None:
+    """Per-institution signed metrics of the committed model, and their federated mean."""
+    evaluation = view.evaluation
+    if evaluation is None:
+        return None
+    verified = audit.evaluation_verified.get(view.round, {})
+    entries = [
+        {
+            "participant": e.participant,
+            "status": e.status,
+            "reason": e.reason,
+            "accuracy": _ratio(e.accuracy_ppm),
+            "auc": _ratio(e.auc_ppm),
+            "log_loss": _ratio(e.log_loss_ppm),
+            "examples": e.num_examples,
+            "signature_verified": verified.get(e.participant, False) if e.status == "accepted" else None,
+            "manifest_hash": e.manifest_hash,
+        }
+        for e in evaluation.entries
+    ]
+    mean = evaluation.mean_ppm()
+    return {
+        "model": evaluation.model,
+        "entries": entries,
+        "mean": {"accuracy": _ratio(mean["accuracy_ppm"]), "auc": _ratio(mean["auc_ppm"]),
+                 "log_loss": _ratio(mean["log_loss_ppm"]), "examples": mean["examples"]},
+    }
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -74,8 +118,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['ledger']['head'].get('block', '—')} `{report['ledger']['head'].get('hash', '—')}`",
         f"- Global model: `{report['base_model']}` → `{report['model']}` ({report['aggregation']})",
         f"- Scorer: `{report['scorer']['name']}`",
+        f"- Data schema digest: `{report.get('data_schema_digest') or '—'}`; validation file digest: "
+        f"`{report.get('validation_digest') or '—'}`",
         f"- RecordRound: {where(txs['record'])}; CommitModel: {where(txs['commit'])}; "
-        f"IssueRewards: {where(txs['rewards'])}",
+        f"IssueRewards: {where(txs['rewards'])}; RecordEvaluation: {where(txs.get('evaluation'))}",
         f"- {report['accepted']} accepted, {report['rejected']} rejected",
         "",
         "| participant | status | reason | score | examples | reward | manifest hash |",
@@ -88,6 +134,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{e['num_examples'] if e['num_examples'] is not None else ''} | {e['reward']} | "
             f"{(e['manifest_hash'] or '')[:16]} |"
         )
+    evaluation = report.get("evaluation")
+    lines += ["", "## Federated evaluation of the committed model", ""]
+    if evaluation is None:
+        lines.append("- No evaluation is recorded for this round.")
+    else:
+        mean = evaluation["mean"]
+        lines += [
+            f"- Model `{evaluation['model']}`; examples-weighted mean over {mean['examples']} hold-out rows: "
+            f"accuracy {_number(mean['accuracy'])}, AUC {_number(mean['auc'])}, "
+            f"log-loss {_number(mean['log_loss'])}",
+            "",
+            "| participant | status | reason | accuracy | AUC | log-loss | examples | signature verified |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in evaluation["entries"]:
+            checked = {True: "yes", False: "NO", None: ""}[e["signature_verified"]]
+            lines.append(
+                f"| {e['participant']} | {e['status']} | {e['reason'] or ''} | {_number(e['accuracy'])} | "
+                f"{_number(e['auc'])} | {_number(e['log_loss'])} | "
+                f"{e['examples'] if e['examples'] is not None else ''} | {checked} |"
+            )
     lines += ["", "## Independent checks", ""]
     if report["problems"]:
         lines += [f"- PROBLEM: {p}" for p in report["problems"]]

@@ -81,6 +81,14 @@ class SignerClient:
             raise SignerUnavailable("signer reply has no signature")
         return signature
 
+    def sign_evaluation(self, manifest: str) -> str:
+        """The signature of an evaluation manifest (canonical JSON), if the policy allows."""
+        reply = self.call({"op": "sign_evaluation", "manifest": manifest})
+        signature = reply.get("signature")
+        if not isinstance(signature, str):
+            raise SignerUnavailable("signer reply has no signature")
+        return signature
+
     def node_auth(self, message: bytes) -> bytes:
         """DER signature of a Flower node-authentication timestamp."""
         reply = self.call({"op": "node_auth", "message": message.decode("ascii")})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ledger.errors import LedgerUnavailable
+from ledger.errors import LedgerUnavailable, RecordNotFound
 from ledger.factory import LedgerConfig, open_ledger
 from ledger.identity import Credentials
 from ledger.protocol import Ledger
@@ -54,6 +54,17 @@ class LedgerView:
             return current_round(initial, ledger.list_rounds(federation))
         finally:
             ledger.close()
+
+    def committed_model(self, federation: str, round: int) -> str | None:
+        """The model committed in ``round`` of ``federation``; None if it is not committed."""
+        ledger = self._open()
+        try:
+            view = ledger.get_round(federation, round)
+        except RecordNotFound:
+            return None
+        finally:
+            ledger.close()
+        return view.commit.model if view.commit is not None else None
 
     def rounds(self, federation: str) -> list[RoundView]:
         """Every recorded round (for comparing the journal with the ledger)."""

@@ -21,6 +21,13 @@ wrong_base_model       is not trained from the ledger's committed model (round 1
 
 The same manifest asked for again is not a refusal: the signer returns the signature
 it already gave (:class:`Repeat`), so a retried reply cannot be turned into two.
+
+Evaluation manifests (:func:`decide_evaluation`) have their own rules, in this order:
+``malformed`` (not a canonical evaluation manifest), ``wrong_participant``,
+``wrong_federation``, ``num_examples_exceeded``, ``round_backwards``, ``equivocation``
+(at most one evaluation signature per round), ``ledger_unavailable``, ``not_committed``
+(the ledger holds no committed model for that round) and ``wrong_model`` (the manifest
+names another model than the one the ledger committed in that round).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ledger.errors import LedgerError
-from ledger.formats import FormatError, Manifest
+from ledger.formats import EvaluationManifest, FormatError, Manifest
 
 __all__ = [
     "REASONS",
@@ -44,6 +51,8 @@ __all__ = [
     "Refuse",
     "Verdict",
     "decide",
+    "EVALUATION_REASONS",
+    "decide_evaluation",
 ]
 
 REASONS = (
@@ -57,6 +66,17 @@ REASONS = (
     "ledger_unavailable",
     "wrong_round",
     "wrong_base_model",
+)
+EVALUATION_REASONS = (
+    "malformed",
+    "wrong_participant",
+    "wrong_federation",
+    "num_examples_exceeded",
+    "round_backwards",
+    "equivocation",
+    "ledger_unavailable",
+    "not_committed",
+    "wrong_model",
 )
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -85,6 +105,10 @@ class LedgerState(Protocol):
         """The ledger's current round; raises :class:`~ledger.errors.LedgerError`."""
         ...
 
+    def committed_model(self, federation: str, round: int) -> str | None:
+        """The model the ledger committed in ``round`` (None: not committed); raises LedgerError."""
+        ...
+
 
 @dataclass(frozen=True)
 class SignedRound:
@@ -98,24 +122,24 @@ class SignedRound:
 class Approve:
     """Sign this manifest."""
 
-    manifest: Manifest
+    manifest: Manifest | EvaluationManifest
 
 
 @dataclass(frozen=True)
 class Repeat:
     """The very manifest was signed before: hand back the same signature."""
 
-    manifest: Manifest
+    manifest: Manifest | EvaluationManifest
     signature: str
 
 
 @dataclass(frozen=True)
 class Refuse:
-    """Do not sign; ``reason`` is one of :data:`REASONS`."""
+    """Do not sign; ``reason`` is one of :data:`REASONS` (or :data:`EVALUATION_REASONS`)."""
 
     reason: str
     detail: str
-    manifest: Manifest | None = None
+    manifest: Manifest | EvaluationManifest | None = None
 
 
 Verdict = Approve | Repeat | Refuse
@@ -167,4 +191,47 @@ def decide(
     if manifest.base_model != current.base_model:
         return Refuse("wrong_base_model", f"round {current.round} trains from "
                       f"{current.base_model[:16]}…, not {manifest.base_model[:16]}…", manifest)
+    return Approve(manifest)
+
+
+def decide_evaluation(
+    policy: SignerPolicy,
+    signed: Mapping[int, SignedRound],
+    manifest_text: str,
+    ledger: LedgerState,
+) -> Verdict:
+    """Apply the evaluation policy to one request; ``signed`` maps rounds to evaluations signed."""
+    try:
+        manifest = EvaluationManifest.parse(manifest_text)
+    except (FormatError, TypeError) as exc:
+        return Refuse("malformed", str(exc))
+    if manifest.participant != policy.participant:
+        return Refuse("wrong_participant", f"this signer signs for {policy.participant}, "
+                      f"not {manifest.participant}", manifest)
+    if manifest.federation != policy.federation:
+        return Refuse("wrong_federation", f"this signer signs for federation {policy.federation}, "
+                      f"not {manifest.federation}", manifest)
+    if manifest.num_examples > policy.max_num_examples:
+        return Refuse("num_examples_exceeded", f"num_examples {manifest.num_examples} above "
+                      f"{policy.max_num_examples} (the institution's declared maximum)", manifest)
+    if signed:
+        last = max(signed)
+        if manifest.round < last:
+            return Refuse("round_backwards", f"round {manifest.round} is before round {last}, "
+                          "whose evaluation is already signed", manifest)
+    previous = signed.get(manifest.round)
+    if previous is not None:
+        if previous.manifest_hash == manifest.hash():
+            return Repeat(manifest, previous.signature)
+        return Refuse("equivocation", f"an evaluation of round {manifest.round} was signed already "
+                      f"({previous.manifest_hash[:16]}…)", manifest)
+    try:
+        committed = ledger.committed_model(policy.federation, manifest.round)
+    except LedgerError as exc:
+        return Refuse("ledger_unavailable", f"the ledger could not be read: {exc}", manifest)
+    if committed is None:
+        return Refuse("not_committed", f"the ledger has no committed model for round {manifest.round}", manifest)
+    if manifest.model != committed:
+        return Refuse("wrong_model", f"round {manifest.round} committed {committed[:16]}…, "
+                      f"not {manifest.model[:16]}…", manifest)
     return Approve(manifest)

@@ -11,6 +11,11 @@ participant:
   signer signed. One the coordinator **accepted** without it is a problem (a reply the
   institution never authorised counted in its name); a rejected one is listed as a
   forgery attempt that was stopped;
+* the same two rules for evaluations: every evaluation the signer signed must be in its
+  round's recorded evaluation with that signature (a round recorded without it is a
+  problem; a round with no recorded evaluation at all is listed as unrecorded), and an
+  evaluation *accepted* in the participant's name that the signer never signed is a
+  problem;
 * the journal's own hash chain must verify.
 
 Rounds after the last one on the ledger are reported as pending, not as problems.
@@ -39,6 +44,8 @@ class ReconcileReport:
     pending: list[int] = field(default_factory=list)
     refused: int = 0
     stopped_forgeries: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    unrecorded_evaluations: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -50,7 +57,9 @@ class ReconcileReport:
         """Plain dict for ``--json``."""
         return {"ok": self.ok, "participant": self.participant, "federation": self.federation,
                 "journal_entries": self.journal_entries, "signed": self.signed, "pending": self.pending,
-                "refused": self.refused, "stopped_forgeries": self.stopped_forgeries, "problems": self.problems}
+                "refused": self.refused, "stopped_forgeries": self.stopped_forgeries,
+                "evaluations": self.evaluations, "unrecorded_evaluations": self.unrecorded_evaluations,
+                "problems": self.problems}
 
 
 def reconcile(journal: Path, rounds: list[RoundView], participant: str, federation: str,
@@ -61,11 +70,12 @@ def reconcile(journal: Path, rounds: list[RoundView], participant: str, federati
     report.journal_entries = check.entries
     report.problems += [f"journal: {p}" for p in check.problems]
     signed: dict[int, dict[str, Any]] = {}
+    evaluated: dict[int, dict[str, Any]] = {}
     for _, entry, _ in read_entries(journal):
         if entry is None or entry.get("participant") != participant or entry.get("federation") != federation:
             continue
         if entry.get("decision") == "signed":
-            signed[int(entry["round"])] = entry
+            (evaluated if entry.get("kind") == "evaluation" else signed)[int(entry["round"])] = entry
         elif entry.get("decision") == "refused":
             report.refused += 1
     by_round = {view.round: view for view in rounds}
@@ -103,4 +113,53 @@ def reconcile(journal: Path, rounds: list[RoundView], participant: str, federati
                                        f"in {participant}'s name that its signer never signed")
             else:
                 report.stopped_forgeries.append(item)
+    _reconcile_evaluations(report, evaluated, by_round, last_on_ledger)
     return report
+
+
+def _reconcile_evaluations(report: ReconcileReport, evaluated: dict[int, dict[str, Any]],
+                           by_round: dict[int, RoundView], last_on_ledger: int) -> None:
+    """Signed evaluations against the recorded ones, both ways."""
+    participant = report.participant
+    for number, entry in sorted(evaluated.items()):
+        view = by_round.get(number)
+        if view is None:
+            report.problems.append(f"round {number}: signed evaluation {entry['manifest_hash'][:16]}… of a "
+                                   "round the ledger does not hold")
+            continue
+        if view.evaluation is None:
+            # The last round's evaluation may still be on its way; an older one was never
+            # recorded (a coordinator stopped before RecordEvaluation): listed, for the
+            # institution to take up with the coordinator.
+            if number == last_on_ledger:
+                report.pending.append(number)
+            else:
+                report.unrecorded_evaluations.append(number)
+            continue
+        mine = [e for e in view.evaluation.entries if e.participant == participant]
+        match = next((e for e in mine if e.manifest_hash == entry["manifest_hash"]), None)
+        if match is None:
+            recorded = ", ".join(f"{e.status}:{e.reason}" for e in mine) or "nothing"
+            report.problems.append(f"round {number}: signed evaluation {entry['manifest_hash'][:16]}… is not in "
+                                   f"the recorded evaluation (it records {recorded} for {participant})")
+            continue
+        if match.signature != entry["signature"]:
+            report.problems.append(f"round {number}: the ledger holds another signature for the signed evaluation")
+        report.evaluations.append({"round": number, "manifest_hash": entry["manifest_hash"],
+                                   "status": match.status, "reason": match.reason})
+    for view in by_round.values():
+        if view.evaluation is None:
+            continue
+        for e in view.evaluation.entries:
+            if e.participant != participant or e.manifest_hash is None:
+                continue
+            mine_entry = evaluated.get(view.round)
+            if mine_entry is not None and mine_entry["manifest_hash"] == e.manifest_hash:
+                continue
+            item = {"round": view.round, "manifest_hash": e.manifest_hash, "status": e.status,
+                    "reason": e.reason, "kind": "evaluation"}
+            if e.status == "accepted":
+                report.problems.append(f"round {view.round}: the ledger accepted evaluation {e.manifest_hash[:16]}… "
+                                       f"in {participant}'s name that its signer never signed")
+            else:
+                report.stopped_forgeries.append(item)

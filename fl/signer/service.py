@@ -5,6 +5,10 @@ manifest request — signed, repeated or refused — is journalled *before* the 
 sent: a signature that is not in the journal was never handed out. Node-authentication
 requests (Flower signs a timestamp on every Fleet request, every few seconds) are
 checked for their form and not journalled.
+
+Evaluation manifests (``sign_evaluation``) go through their own policy
+(:func:`~fl.signer.policy.decide_evaluation`) and the same journal, their entries marked
+``"kind": "evaluation"``; update entries carry no ``kind``.
 """
 
 from __future__ import annotations
@@ -23,16 +27,26 @@ from cryptography.hazmat.primitives import serialization
 
 from fl.signer.journal import Journal
 from fl.signer.keys import SigningKey
-from fl.signer.policy import Approve, LedgerState, Refuse, Repeat, SignedRound, SignerPolicy, decide
+from fl.signer.policy import (
+    LedgerState,
+    Refuse,
+    Repeat,
+    SignedRound,
+    SignerPolicy,
+    Verdict,
+    decide,
+    decide_evaluation,
+)
 from ledger.formats import SignatureError, sha256_hex, verify
 
-__all__ = ["SigningService", "NODE_AUTH_SKEW"]
+__all__ = ["SigningService", "NODE_AUTH_SKEW", "EVALUATION_KIND"]
 
 log = structlog.get_logger("fedledger.signer")
 NODE_AUTH_SKEW = 300.0  # seconds a node-auth timestamp may differ from the signer's clock
 # What Flower's node authentication signs: datetime.now(timezone.utc).isoformat().
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?\+00:00")
 _MAX_FIELD = 4096
+EVALUATION_KIND = "evaluation"  # the journal's ``kind`` of an evaluation decision
 
 
 class SigningService:
@@ -47,10 +61,12 @@ class SigningService:
         self.clock = clock
         self._lock = threading.Lock()
         self._signed: dict[int, SignedRound] = {}
+        self._evaluated: dict[int, SignedRound] = {}
         for entry in journal.entries():
             if (entry.get("decision") == "signed" and entry.get("participant") == policy.participant
                     and entry.get("federation") == policy.federation):
-                self._signed[int(entry["round"])] = SignedRound(entry["manifest_hash"], entry["signature"])
+                chosen = self._evaluated if entry.get("kind") == EVALUATION_KIND else self._signed
+                chosen[int(entry["round"])] = SignedRound(entry["manifest_hash"], entry["signature"])
 
     @property
     def last_signed_round(self) -> int | None:
@@ -69,6 +85,8 @@ class SigningService:
         op = request["op"]
         if op == "sign_manifest":
             return self.sign_manifest(request.get("manifest"), request.get("update"), peer)
+        if op == "sign_evaluation":
+            return self.sign_evaluation(request.get("manifest"), peer)
         if op == "node_auth":
             return self.node_auth(request.get("message"))
         if op == "public_key":
@@ -79,54 +97,70 @@ class SigningService:
                 head = {"seq": entry["seq"], "hash": entry["hash"]}
             return {"ok": True, "participant": self.policy.participant, "federation": self.policy.federation,
                     "max_num_examples": self.policy.max_num_examples, "last_signed_round": self.last_signed_round,
+                    "last_evaluated_round": max(self._evaluated) if self._evaluated else None,
                     "key": self.key.describe, "journal_head": head}
         return {"ok": False, "reason": "malformed", "detail": f"unknown op {op[:32]!r}"}
 
     def sign_manifest(self, manifest: Any, update: Any, peer: dict[str, int] | None = None) -> dict[str, Any]:
         """Sign ``manifest`` if the policy allows; journal the decision either way."""
-        if not isinstance(manifest, str) or len(manifest) > _MAX_FIELD:
-            manifest_text, bad = "", "the manifest must be a string of at most 4096 characters"
-        else:
-            manifest_text, bad = manifest, ""
+        text, bad = self._manifest_text(manifest)
         with self._lock:
-            if bad:
-                verdict: Approve | Repeat | Refuse = Refuse("malformed", bad)
-            else:
-                verdict = decide(self.policy, self._signed, manifest_text, update if isinstance(update, str) else "",
-                                 self.ledger)
-            entry: dict[str, Any] = {
-                "time_ms": int(self.clock() * 1000),
-                "participant": self.policy.participant,
-                "federation": self.policy.federation,
-                "request_sha256": sha256_hex(manifest_text.encode("utf-8")),
-                "peer": peer,
-            }
-            if verdict.manifest is not None:
-                entry.update(round=verdict.manifest.round, manifest=verdict.manifest.to_bytes().decode("utf-8"),
-                             manifest_hash=verdict.manifest.hash())
-            if isinstance(verdict, Refuse):
-                entry.update(decision="refused", reason=verdict.reason, detail=verdict.detail[:512])
-                self.journal.append(entry)
-                log.warning("signature_refused", reason=verdict.reason, detail=verdict.detail[:512],
-                            round=entry.get("round"))
-                return {"ok": False, "reason": verdict.reason, "detail": verdict.detail}
-            if isinstance(verdict, Repeat):
-                entry.update(decision="repeated", signature=verdict.signature)
-                self.journal.append(entry)
-                return {"ok": True, "signature": verdict.signature, "repeated": True}
-            data = verdict.manifest.to_bytes()
-            signature = base64.b64encode(self.key.sign_digest(hashlib.sha256(data).digest())).decode("ascii")
-            try:
-                verify(data, signature, self.key.public_key)  # a token that signs wrongly fails here
-            except SignatureError as exc:
-                entry.update(decision="refused", reason="signing_failed", detail=str(exc))
-                self.journal.append(entry)
-                return {"ok": False, "reason": "signing_failed", "detail": str(exc)}
-            entry.update(decision="signed", signature=signature)
+            verdict: Verdict = Refuse("malformed", bad) if bad else decide(
+                self.policy, self._signed, text, update if isinstance(update, str) else "", self.ledger)
+            return self._conclude(verdict, text, peer, self._signed, {}, "update_signed")
+
+    def sign_evaluation(self, manifest: Any, peer: dict[str, int] | None = None) -> dict[str, Any]:
+        """Sign an evaluation manifest if the evaluation policy allows; journal it either way."""
+        text, bad = self._manifest_text(manifest)
+        with self._lock:
+            verdict: Verdict = Refuse("malformed", bad) if bad else decide_evaluation(
+                self.policy, self._evaluated, text, self.ledger)
+            return self._conclude(verdict, text, peer, self._evaluated, {"kind": EVALUATION_KIND},
+                                  "evaluation_signed")
+
+    @staticmethod
+    def _manifest_text(manifest: Any) -> tuple[str, str]:
+        if not isinstance(manifest, str) or len(manifest) > _MAX_FIELD:
+            return "", "the manifest must be a string of at most 4096 characters"
+        return manifest, ""
+
+    def _conclude(self, verdict: Verdict, manifest_text: str, peer: dict[str, int] | None,
+                  signed: dict[int, SignedRound], extra: dict[str, Any], event: str) -> dict[str, Any]:
+        """Journal ``verdict`` (under the lock), sign if approved, and build the reply."""
+        entry: dict[str, Any] = {
+            "time_ms": int(self.clock() * 1000),
+            "participant": self.policy.participant,
+            "federation": self.policy.federation,
+            "request_sha256": sha256_hex(manifest_text.encode("utf-8")),
+            "peer": peer,
+            **extra,
+        }
+        if verdict.manifest is not None:
+            entry.update(round=verdict.manifest.round, manifest=verdict.manifest.to_bytes().decode("utf-8"),
+                         manifest_hash=verdict.manifest.hash())
+        if isinstance(verdict, Refuse):
+            entry.update(decision="refused", reason=verdict.reason, detail=verdict.detail[:512])
             self.journal.append(entry)
-            self._signed[verdict.manifest.round] = SignedRound(verdict.manifest.hash(), signature)
-            log.info("update_signed", round=verdict.manifest.round, manifest_hash=verdict.manifest.hash())
-            return {"ok": True, "signature": signature}
+            log.warning("signature_refused", reason=verdict.reason, detail=verdict.detail[:512],
+                        round=entry.get("round"), kind=extra.get("kind", "update"))
+            return {"ok": False, "reason": verdict.reason, "detail": verdict.detail}
+        if isinstance(verdict, Repeat):
+            entry.update(decision="repeated", signature=verdict.signature)
+            self.journal.append(entry)
+            return {"ok": True, "signature": verdict.signature, "repeated": True}
+        data = verdict.manifest.to_bytes()
+        signature = base64.b64encode(self.key.sign_digest(hashlib.sha256(data).digest())).decode("ascii")
+        try:
+            verify(data, signature, self.key.public_key)  # a token that signs wrongly fails here
+        except SignatureError as exc:
+            entry.update(decision="refused", reason="signing_failed", detail=str(exc))
+            self.journal.append(entry)
+            return {"ok": False, "reason": "signing_failed", "detail": str(exc)}
+        entry.update(decision="signed", signature=signature)
+        self.journal.append(entry)
+        signed[verdict.manifest.round] = SignedRound(verdict.manifest.hash(), signature)
+        log.info(event, round=verdict.manifest.round, manifest_hash=verdict.manifest.hash())
+        return {"ok": True, "signature": signature}
 
     def node_auth(self, message: Any) -> dict[str, Any]:
         """Sign a Flower node-authentication timestamp — and nothing else."""

@@ -283,7 +283,7 @@ class EmbeddedLedger(ContractCalls):
         views = raw if isinstance(raw, list) else [raw]
         result = []
         for view in views:
-            for field in ("record_tx", "commit_tx", "rewards_tx"):
+            for field in ("record_tx", "commit_tx", "rewards_tx", "evaluation_tx"):
                 stamp = view.get(field)
                 if stamp is not None:
                     location = reader.tx_location(stamp["tx_id"])

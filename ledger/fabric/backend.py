@@ -316,7 +316,7 @@ class FabricLedger(ContractCalls):
         raw = json.loads(payload)
         views = raw if isinstance(raw, list) else [raw]
         for view in views:
-            for field in ("record_tx", "commit_tx", "rewards_tx"):
+            for field in ("record_tx", "commit_tx", "rewards_tx", "evaluation_tx"):
                 stamp = view.get(field)
                 if stamp is not None:
                     view[field] = {**stamp, "block_number": self.block_of(stamp["tx_id"])}

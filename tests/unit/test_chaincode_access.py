@@ -15,9 +15,10 @@ from ledger.errors import AccessDenied, DuplicateRecord, TransactionRejected
 from ledger.protocol import Ledger
 from ledger.records import FederationPolicy, Identity
 from tests.fixtures.ledgers import FED, World, ledger_factory, pki, receipt_ok, world  # noqa: F401
-from tests.fixtures.rounds import commit_for
+from tests.fixtures.rounds import commit_for, evaluated, evaluation
 
-COORDINATOR_ONLY = ["AdmitParticipant", "RevokeParticipant", "RecordRound", "CommitModel", "IssueRewards"]
+COORDINATOR_ONLY = ["AdmitParticipant", "RevokeParticipant", "RecordRound", "CommitModel", "IssueRewards",
+                    "RecordEvaluation"]
 NOT_COORDINATOR = ["BankAMSP", "BankBMSP", "AuditorMSP"]
 
 
@@ -30,14 +31,19 @@ def _coordinator_call(world: World, function: str) -> Callable[[Ledger], object]
         "RecordRound": lambda led: led.record_round(FED, 1, rec),
         "CommitModel": lambda led: led.commit_model(FED, 1, commit_for(rec, world.model(1))),
         "IssueRewards": lambda led: led.issue_rewards(FED, 1, {"bank-a": 1}),
+        "RecordEvaluation": lambda led: led.record_evaluation(FED, 1, _evaluation(world)),
     }
-    if function in ("CommitModel", "IssueRewards"):
+    if function in ("CommitModel", "IssueRewards", "RecordEvaluation"):
         world.coordinator.record_round(FED, 1, rec)
-    if function == "IssueRewards":
+    if function in ("IssueRewards", "RecordEvaluation"):
         world.coordinator.commit_model(FED, 1, commit_for(rec, world.model(1)))
     if function == "AdmitParticipant":
         world.banks["bank-c"].register_participant(FED, "bank-d", world.pki.leaf("BankCMSP", "bank-d").pem, {})
     return calls[function]
+
+
+def _evaluation(world: World):
+    return evaluation(1, world.model(1), [evaluated(world.signers["bank-a"], "bank-a", FED, 1, world.model(1))])
 
 
 @pytest.mark.parametrize("function", COORDINATOR_ONLY)
@@ -239,6 +245,7 @@ def _every_call(world: World) -> dict[str, Callable[[Ledger], object]]:
         "RecordRound": lambda led: led.record_round(FED, 1, rec),
         "CommitModel": lambda led: led.commit_model(FED, 1, com),
         "IssueRewards": lambda led: led.issue_rewards(FED, 1, {}),
+        "RecordEvaluation": lambda led: led.record_evaluation(FED, 1, _evaluation(world)),
         "Transfer": lambda led: led.transfer(FED, "bank-a", 1),
         "GetFederation": lambda led: led.get_federation(FED),
         "GetParticipant": lambda led: led.participant(FED, "bank-a"),

@@ -23,9 +23,9 @@ from chaincode.shim_fixes import Contract, ContractChaincode, TransactionContext
 from ledger.embedded import runtime as runtime_module
 from ledger.embedded.runtime import ContractRuntime, EmbeddedPeer, Outcome, new_tx_id, serialize_identity
 from ledger.formats import P256_ORDER, canonical_json
-from ledger.records import REASONS, Federation, Participant, RoundRecord
+from ledger.records import EVALUATION_REASONS, REASONS, Federation, Participant, RoundRecord
 from tests.fixtures.pki import Leaf, TestPKI, default_pki
-from tests.fixtures.rounds import accepted, commit_for, digest, record
+from tests.fixtures.rounds import accepted, commit_for, digest, evaluated, evaluation, record
 
 T0 = (time.time_ns() // 10**9) * 1000  # certificates are valid around "now"
 
@@ -200,6 +200,7 @@ def test_contract_canonical_json_is_byte_identical_to_ledger_formats(value: obje
 
 def test_contract_rejection_reasons_are_the_ledgers() -> None:
     assert schema.REASONS == REASONS
+    assert schema.EVALUATION_REASONS == EVALUATION_REASONS
 
 
 # --- strict arguments -------------------------------------------------------------------
@@ -247,6 +248,8 @@ def test_policy_defaults_are_filled_in_so_stored_bytes_equal_the_records_canonic
     assert Federation.parse(stored).canonical() == stored
     scorer = json.loads(stored)["policy"]["scorer"]
     assert scorer == {"name": "cosine", "params": {}, "seed": 0, "validation_digest": None}
+    policy = json.loads(stored)["policy"]
+    assert (policy["eval_fraction_ppm"], policy["validation_digest"]) == (200_000, None)
 
 
 # --- determinism ------------------------------------------------------------------------
@@ -362,6 +365,77 @@ def test_a_rejected_entry_must_say_why(pki: TestPKI) -> None:
     rec = {"round": 1, "base_model": digest("g"), "scorer": {}, "entries": [{"participant": "x", "status": "rejected"}]}
 
     assert _record_round(state, pki, rec).message == "INVALID: rejected entry of 'x' must carry a reason"
+
+
+# --- evaluations ------------------------------------------------------------------------
+
+
+def _committed_round_one(pki: TestPKI) -> tuple[MemoryState, Leaf]:
+    state, leaf = _federation_with_active_bank(pki)
+    rec = record(1, digest("g"), [accepted(leaf, "bank-a", "fed-1", 1, digest("g"))])
+    assert _record_round(state, pki, rec).ok
+    commit = commit_for(rec, digest("m1")).canonical().decode()
+    assert state.call(*_as(pki, "CoordinatorMSP"), "CommitModel", "fed-1", "1", commit).ok
+    return state, leaf
+
+
+def _record_evaluation(state: MemoryState, pki: TestPKI, value: dict, msp: str = "CoordinatorMSP") -> Outcome:
+    return state.call(*_as(pki, msp), "RecordEvaluation", "fed-1", "1", canonical_json(value).decode())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("accuracy_ppm", 1_000_001, "evaluation.entries[0].accuracy_ppm must be between 0 and 1000000"),
+        ("auc_ppm", -1, "evaluation.entries[0].auc_ppm must be between 0 and 1000000"),
+        ("log_loss_ppm", 100_000_001, "evaluation.entries[0].log_loss_ppm must be between 0 and 100000000"),
+        ("accuracy_ppm", 0.5, "evaluation.entries[0].accuracy_ppm must be an integer"),
+        ("accuracy_ppm", True, "evaluation.entries[0].accuracy_ppm must be an integer"),
+        ("reason", "outlier", "evaluation.entries[0].reason must be one of"),
+    ],
+)
+def test_an_evaluation_with_metrics_out_of_bounds_or_not_integer_ppm_is_refused(
+    pki: TestPKI, field: str, value: object, message: str
+) -> None:
+    state, leaf = _committed_round_one(pki)
+    good = json.loads(evaluation(1, digest("m1"), [evaluated(leaf, "bank-a", "fed-1", 1, digest("m1"))]).canonical())
+    bad = {**good, "entries": [{**good["entries"][0], field: value}]}
+
+    outcome = _record_evaluation(state, pki, bad)
+
+    assert outcome.message.startswith(f"INVALID: {message}")
+    assert _record_evaluation(state, pki, good).ok
+
+
+def test_an_evaluation_by_a_participant_org_is_refused_and_stores_nothing(pki: TestPKI) -> None:
+    state, leaf = _committed_round_one(pki)
+    value = json.loads(evaluation(1, digest("m1"), [evaluated(leaf, "bank-a", "fed-1", 1, digest("m1"))]).canonical())
+
+    outcome = _record_evaluation(state, pki, value, msp="BankAMSP")
+
+    assert outcome.message == ("ACCESS_DENIED: RecordEvaluation may only be called by the coordinator MSP "
+                               "CoordinatorMSP, not BankAMSP")
+    assert not any(k.startswith("\x00evaluation\x00") for k in state.values)
+
+
+def test_an_update_manifest_cannot_back_an_evaluation_nor_an_evaluation_manifest_an_update(pki: TestPKI) -> None:
+    state, leaf = _committed_round_one(pki)
+    update = accepted(leaf, "bank-a", "fed-1", 1, digest("g"))
+    ev = evaluated(leaf, "bank-a", "fed-1", 1, digest("m1"))
+    # The signed update manifest, with its valid signature, put where an evaluation goes.
+    as_evaluation = ev.model_copy(update={"manifest": update.manifest, "manifest_hash": update.manifest_hash,
+                                          "signature": update.signature})
+
+    outcome = _record_evaluation(state, pki, json.loads(evaluation(1, digest("m1"), [as_evaluation]).canonical()))
+    assert outcome.message.startswith("INVALID: accepted evaluation of bank-a: manifest must have exactly the fields")
+
+    fresh, leaf2 = _federation_with_active_bank(pki)
+    ev2 = evaluated(leaf2, "bank-a", "fed-1", 1, digest("g"))
+    entry = accepted(leaf2, "bank-a", "fed-1", 1, digest("g"))
+    as_update = entry.model_copy(update={"manifest": ev2.manifest, "manifest_hash": ev2.manifest_hash,
+                                         "signature": ev2.signature})
+    outcome = _record_round(fresh, pki, record(1, digest("g"), [as_update]))
+    assert outcome.message.startswith("INVALID: accepted entry of bank-a: manifest must have exactly the fields")
 
 
 # --- concurrency: read and write sets as Fabric validates them ----------------------------

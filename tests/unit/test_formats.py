@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ledger.formats import (
     P256_ORDER,
+    EvaluationManifest,
     FormatError,
     Manifest,
     SignatureError,
@@ -152,3 +153,86 @@ def test_keys_on_other_curves_are_refused():
         sign(b"x", p384)
     with pytest.raises(FormatError):
         verify(b"x", "AAAA", p384.public_key())
+
+
+# --- evaluation manifests ----------------------------------------------------------------
+
+EVALUATION_TEXT = (
+    '{"federation":"demo-fed","kind":"evaluation","metrics":{"accuracy_ppm":812345,"auc_ppm":767890,'
+    '"log_loss_ppm":431002},"model":"' + "a" * 64 + '","num_examples":211,"participant":"bank-a",'
+    '"round":7,"v":1}'
+)
+
+
+def _evaluation(**changes) -> EvaluationManifest:
+    fields = dict(federation="demo-fed", participant="bank-a", round=7, model="a" * 64, num_examples=211,
+                  accuracy_ppm=812_345, auc_ppm=767_890, log_loss_ppm=431_002)
+    return EvaluationManifest(**{**fields, **changes})
+
+
+def test_evaluation_manifest_canonical_bytes_and_hash_are_the_frozen_vector():
+    manifest = _evaluation()
+
+    assert manifest.to_bytes().decode() == EVALUATION_TEXT
+    assert manifest.hash() == hashlib.sha256(EVALUATION_TEXT.encode()).hexdigest()
+    assert EvaluationManifest.parse(EVALUATION_TEXT) == manifest
+
+
+def test_an_evaluation_manifest_without_auc_round_trips_with_null():
+    manifest = _evaluation(auc_ppm=None)
+
+    assert b'"auc_ppm":null' in manifest.to_bytes()
+    assert EvaluationManifest.parse(manifest.to_bytes()) == manifest
+
+
+def test_an_evaluation_manifest_never_parses_as_an_update_manifest_and_vice_versa():
+    with pytest.raises(FormatError, match="manifest fields differ"):
+        Manifest.parse(EVALUATION_TEXT)
+    with pytest.raises(FormatError, match="evaluation manifest fields differ"):
+        EvaluationManifest.parse(MANIFEST_TEXT)
+    # An update manifest given a kind is still not an evaluation manifest.
+    with pytest.raises(FormatError):
+        EvaluationManifest.parse(MANIFEST_TEXT[:-1] + ',"kind":"evaluation"}')
+
+
+def test_a_signature_over_an_update_manifest_does_not_verify_an_evaluation_manifest(key):
+    update_sig = sign(MANIFEST_TEXT.encode(), key)
+    eval_sig = sign(EVALUATION_TEXT.encode(), key)
+
+    with pytest.raises(SignatureError):
+        verify(EVALUATION_TEXT.encode(), update_sig, key.public_key())
+    with pytest.raises(SignatureError):
+        verify(MANIFEST_TEXT.encode(), eval_sig, key.public_key())
+
+
+def test_the_high_s_twin_of_an_evaluation_signature_is_refused(key):
+    data = EVALUATION_TEXT.encode()
+    r, s = decode_dss_signature(base64.b64decode(sign(data, key)))
+    twin = base64.b64encode(encode_dss_signature(r, P256_ORDER - s)).decode()
+
+    with pytest.raises(SignatureError) as err:
+        verify(data, twin, key.public_key())
+    assert err.value.reason == "high_s"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        EVALUATION_TEXT.replace('"kind":"evaluation"', '"kind":"update"'),
+        EVALUATION_TEXT.replace("812345", "0.812345"),
+        EVALUATION_TEXT.replace("812345", "1000001"),
+        EVALUATION_TEXT.replace("431002", "-1"),
+        EVALUATION_TEXT.replace("431002", "100000001"),
+        EVALUATION_TEXT.replace("431002", "true"),
+        EVALUATION_TEXT.replace('"num_examples":211', '"num_examples":0'),
+        EVALUATION_TEXT.replace('"round":7', '"round":0'),
+        EVALUATION_TEXT.replace(',"log_loss_ppm":431002', ''),
+        EVALUATION_TEXT.replace('"auc_ppm":767890,', '"auc_ppm":767890,"f1_ppm":1,'),
+        EVALUATION_TEXT.replace(",", ", "),
+        EVALUATION_TEXT.replace("812345", "NaN"),
+        EVALUATION_TEXT[:-1] + " " * 1100 + "}",
+    ],
+)
+def test_malformed_or_out_of_bounds_evaluation_manifests_are_refused(text):
+    with pytest.raises(FormatError):
+        EvaluationManifest.parse(text)

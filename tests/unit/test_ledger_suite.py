@@ -13,9 +13,9 @@ import pytest
 
 from ledger.errors import DuplicateRecord, RecordNotFound, TransactionRejected
 from ledger.protocol import Ledger
-from ledger.records import FederationPolicy, ModelCommit, ScorerSpec
+from ledger.records import EvaluationEntry, EvaluationRecord, FederationPolicy, ModelCommit, ScorerSpec
 from tests.fixtures.ledgers import World, federation, ledger_factory, pki, receipt_ok, world  # noqa: F401
-from tests.fixtures.rounds import accepted, commit_for, digest, record, rejected
+from tests.fixtures.rounds import accepted, commit_for, digest, evaluated, evaluation, record, rejected
 
 
 def test_every_backend_implements_the_ledger_protocol(world: World) -> None:
@@ -397,8 +397,105 @@ def test_scorer_spec_and_policy_round_trip_unchanged(ledger_factory, pki, federa
         aggregation="fedavg",
         data_schema_digest=digest("schema"),
         model="logreg",
+        validation_digest=digest("validation"),
+        eval_fraction_ppm=250_000,
     )
 
     coordinator.init_federation(federation, policy)
 
     assert coordinator.get_federation(federation).policy == policy
+
+
+# --- evaluation -----------------------------------------------------------------------
+
+
+def _evaluation(world: World, round_no: int, participants: list[str] | None = None,
+                model: str | None = None) -> EvaluationRecord:
+    model = world.model(round_no) if model is None else model
+    names = ["bank-a", "bank-b"] if participants is None else participants
+    return evaluation(round_no, model, [evaluated(world.signers[p], p, world.federation, round_no, model)
+                                        for p in names])
+
+
+def test_an_evaluation_is_recorded_after_the_commit_and_shown_in_the_round_view(world: World) -> None:
+    world.run_round(1)
+    ev = _evaluation(world, 1)
+    ev = ev.model_copy(update={"entries": [*ev.entries, EvaluationEntry(
+        participant="bank-c", status="rejected", reason="bad_signature", detail="does not verify",
+        signature="A" * 96, accuracy_ppm=10**6)]})
+
+    receipt = world.coordinator.record_evaluation(world.federation, 1, ev)
+
+    view = world.auditor.get_round(world.federation, 1)
+    assert receipt_ok(receipt)
+    assert view.evaluation == ev and view.evaluation_tx == receipt
+    assert world.auditor.list_rounds(world.federation)[0].evaluation == ev
+    assert view.evaluation.mean_ppm() == {"examples": 100, "accuracy_ppm": 800_000, "auc_ppm": 750_000,
+                                          "log_loss_ppm": 450_000}
+
+
+def test_a_round_without_an_evaluation_shows_none(world: World) -> None:
+    world.run_round(1)
+
+    view = world.auditor.get_round(world.federation, 1)
+
+    assert view.evaluation is None and view.evaluation_tx is None
+
+
+def test_an_evaluation_nobody_answered_is_recorded_empty(world: World) -> None:
+    world.run_round(1)
+
+    world.coordinator.record_evaluation(world.federation, 1, evaluation(1, world.model(1), []))
+
+    assert world.auditor.get_round(world.federation, 1).evaluation.entries == []
+
+
+def test_an_evaluation_before_the_commit_is_refused(world: World) -> None:
+    world.coordinator.record_round(world.federation, 1, world.record(1))
+
+    with pytest.raises(TransactionRejected,
+                       match=r"^INVALID: RecordEvaluation for round 1 needs its CommitModel first"):
+        world.coordinator.record_evaluation(world.federation, 1, _evaluation(world, 1))
+
+
+def test_recording_an_evaluation_twice_is_a_duplicate(world: World) -> None:
+    world.run_round(1)
+    world.coordinator.record_evaluation(world.federation, 1, _evaluation(world, 1))
+
+    with pytest.raises(DuplicateRecord, match=rf"^DUPLICATE: the evaluation of round 1 of federation "
+                                              rf"{world.federation} is already recorded"):
+        world.coordinator.record_evaluation(world.federation, 1, _evaluation(world, 1, ["bank-c"]))
+
+
+def test_an_evaluation_of_another_model_than_the_committed_one_is_refused(world: World) -> None:
+    world.run_round(1)
+
+    with pytest.raises(TransactionRejected, match=r"^INVALID: evaluation model \w+ is not the model committed"):
+        world.coordinator.record_evaluation(world.federation, 1, _evaluation(world, 1, model=world.model(0)))
+
+
+def test_an_accepted_evaluation_signed_with_another_participants_key_is_refused(world: World) -> None:
+    world.run_round(1)
+    forged = evaluated(world.signers["bank-b"], "bank-a", world.federation, 1, world.model(1))
+
+    with pytest.raises(TransactionRejected, match=r"^INVALID: accepted evaluation of bank-a: signature does not "
+                                                  r"verify with the registered certificate"):
+        world.coordinator.record_evaluation(world.federation, 1, evaluation(1, world.model(1), [forged]))
+
+
+def test_an_accepted_evaluation_whose_metrics_differ_from_the_signed_ones_is_refused(world: World) -> None:
+    world.run_round(1)
+    entry = evaluated(world.signers["bank-a"], "bank-a", world.federation, 1, world.model(1))
+    inflated = entry.model_copy(update={"accuracy_ppm": 990_000})
+
+    with pytest.raises(TransactionRejected, match=r"^INVALID: accepted evaluation of bank-a: manifest accuracy_ppm"):
+        world.coordinator.record_evaluation(world.federation, 1, evaluation(1, world.model(1), [inflated]))
+
+
+def test_an_evaluation_can_no_longer_be_recorded_once_the_next_round_is(world: World) -> None:
+    world.run_round(1)
+    world.coordinator.record_round(world.federation, 2, world.record(2))
+
+    with pytest.raises(TransactionRejected,
+                       match=r"^INVALID: the evaluation of round 1 can no longer be recorded: round 2 is recorded"):
+        world.coordinator.record_evaluation(world.federation, 1, _evaluation(world, 1))

@@ -24,8 +24,17 @@ from fl.signer.server import SignerServer, SocketError, prepare_socket_dir
 from fl.signer.service import SigningService
 from ledger import pki
 from ledger.errors import LedgerUnavailable
-from ledger.formats import P256_ORDER, Manifest, verify
-from ledger.records import ModelCommit, RoundEntry, RoundRecord, RoundView, ScorerSpec, TxReceipt
+from ledger.formats import P256_ORDER, EvaluationManifest, Manifest, verify
+from ledger.records import (
+    EvaluationEntry,
+    EvaluationRecord,
+    ModelCommit,
+    RoundEntry,
+    RoundRecord,
+    RoundView,
+    ScorerSpec,
+    TxReceipt,
+)
 
 FED, ME = "fed-a", "bank-a"
 M0, M1, U1, U2 = "0" * 63 + "1", "a" * 64, "b" * 64, "c" * 64
@@ -43,6 +52,15 @@ class FakeLedger:
         if self.now is None:
             raise LedgerUnavailable("peer down")
         return self.now
+
+    def committed_model(self, federation: str, round: int) -> str | None:
+        """Round r is committed when the current round is past it; its model is set by the test."""
+        self.calls += 1
+        if self.now is None:
+            raise LedgerUnavailable("peer down")
+        return self.committed.get(round) if round < self.now.round else None
+
+    committed: dict[int, str] = {1: "a" * 64}
 
 
 def manifest(round_: int = 1, base: str = M0, update: str = U1, examples: int = 100, federation: str = FED,
@@ -449,3 +467,130 @@ def test_a_signing_key_is_a_plain_digest_signer(key_file: Path) -> None:
     key: SigningKey = pem_key(key_file)
 
     assert len(key.sign_digest(b"\x00" * 32)) >= 8 and key.describe.startswith("file:")
+
+
+# --- evaluation signatures --------------------------------------------------------------
+
+
+def evaluation(round_: int = 1, model: str = M1, accuracy: int = 800_000, examples: int = 40,
+               federation: str = FED) -> EvaluationManifest:
+    return EvaluationManifest(federation=federation, participant=ME, round=round_, model=model,
+                              num_examples=examples, accuracy_ppm=accuracy, auc_ppm=700_000, log_loss_ppm=500_000)
+
+
+@pytest.fixture
+def after_round_one(service: SigningService) -> SigningService:
+    service.ledger.now = LedgerRound(2, M1)  # type: ignore[attr-defined]
+    return service
+
+
+def ask_evaluation(service: SigningService, m: EvaluationManifest) -> dict:
+    return service.sign_evaluation(m.to_bytes().decode())
+
+
+def test_an_evaluation_of_the_committed_model_is_signed_and_journalled_as_an_evaluation(
+    after_round_one: SigningService, key_file: Path,
+) -> None:
+    m = evaluation()
+
+    reply = ask_evaluation(after_round_one, m)
+
+    verify(m.to_bytes(), reply["signature"], pki.load_private_key(key_file).public_key())
+    entry = journal_lines(after_round_one)[-1]
+    assert (entry["decision"], entry["kind"], entry["manifest_hash"]) == ("signed", "evaluation", m.hash())
+
+
+def test_a_second_evaluation_signature_for_a_round_is_refused_and_journalled(after_round_one: SigningService) -> None:
+    first = ask_evaluation(after_round_one, evaluation(accuracy=800_000))
+
+    second = ask_evaluation(after_round_one, evaluation(accuracy=990_000))
+    again = ask_evaluation(after_round_one, evaluation(accuracy=800_000))
+
+    assert first["ok"] and second["reason"] == "equivocation"
+    assert again == {"ok": True, "signature": first["signature"], "repeated": True}
+    assert [e["decision"] for e in journal_lines(after_round_one)] == ["signed", "refused", "repeated"]
+
+
+@pytest.mark.parametrize(("m", "reason"), [
+    (evaluation(model=U1), "wrong_model"),
+    (evaluation(round_=2), "not_committed"),
+    (evaluation(federation="fed-b"), "wrong_federation"),
+    (evaluation(examples=501), "num_examples_exceeded"),
+])
+def test_an_evaluation_outside_the_policy_is_refused_with_its_reason_and_journalled(
+    after_round_one: SigningService, m: EvaluationManifest, reason: str,
+) -> None:
+    reply = ask_evaluation(after_round_one, m)
+
+    assert (reply["ok"], reply["reason"]) == (False, reason)
+    entry = journal_lines(after_round_one)[-1]
+    assert (entry["decision"], entry["reason"], entry["kind"]) == ("refused", reason, "evaluation")
+
+
+def test_an_update_manifest_sent_as_an_evaluation_is_refused_as_malformed(after_round_one: SigningService) -> None:
+    reply = after_round_one.sign_evaluation(manifest().to_bytes().decode())
+
+    assert reply["reason"] == "malformed"
+
+
+def test_an_evaluation_signature_does_not_use_up_the_rounds_update_signature(
+    tmp_path: Path, after_round_one: SigningService, key_file: Path,
+) -> None:
+    assert ask_evaluation(after_round_one, evaluation())["ok"]
+    assert ask(after_round_one, manifest(round_=2, base=M1))["ok"]
+
+    restarted = SigningService(SignerPolicy(ME, FED, 500), pem_key(key_file), Journal(after_round_one.journal.path),
+                               after_round_one.ledger)
+
+    assert restarted.last_signed_round == 2
+    assert ask_evaluation(restarted, evaluation(accuracy=1))["reason"] == "equivocation"
+
+
+def test_a_client_gets_an_evaluation_signature_over_the_socket(served: SignerServer) -> None:
+    served.service.ledger.now = LedgerRound(2, M1)  # type: ignore[attr-defined]
+    client = SignerClient(served.path)
+    m = evaluation()
+
+    signature = client.sign_evaluation(m.to_bytes().decode())
+
+    verify(m.to_bytes(), signature, client.public_key())
+    assert client.status()["last_evaluated_round"] == 1
+
+
+def evaluated_view(round_: int, entries: list[EvaluationEntry] | None) -> RoundView:
+    base = view(round_, [], commit=M1)
+    record = None if entries is None else EvaluationRecord(round=round_, model=M1, entries=entries)
+    return base.model_copy(update={"evaluation": record})
+
+
+def evaluation_entry(m: EvaluationManifest, signature: str, status: str = "accepted",
+                     reason: str | None = None) -> EvaluationEntry:
+    return EvaluationEntry(participant=m.participant, status=status, reason=reason, manifest=m.to_bytes().decode(),
+                           manifest_hash=m.hash(), signature=signature, num_examples=m.num_examples,
+                           accuracy_ppm=m.accuracy_ppm, auc_ppm=m.auc_ppm, log_loss_ppm=m.log_loss_ppm)
+
+
+def test_signed_evaluations_reconcile_with_the_recorded_evaluation(after_round_one: SigningService) -> None:
+    m = evaluation()
+    sig = ask_evaluation(after_round_one, m)["signature"]
+
+    agree = reconcile(after_round_one.journal.path, [evaluated_view(1, [evaluation_entry(m, sig)])], ME, FED)
+    dropped = reconcile(after_round_one.journal.path,
+                        [evaluated_view(1, [EvaluationEntry(participant=ME, status="rejected", reason="no_reply")])],
+                        ME, FED)
+
+    assert agree.ok, agree.problems
+    assert agree.evaluations == [{"round": 1, "manifest_hash": m.hash(), "status": "accepted", "reason": None}]
+    assert not dropped.ok and "signed evaluation" in dropped.problems[0]
+
+
+def test_an_accepted_evaluation_the_signer_never_signed_is_a_problem(service: SigningService) -> None:
+    from ledger.formats import sign
+
+    foreign = evaluation(accuracy=999_000)
+    stranger = ec.generate_private_key(ec.SECP256R1())
+
+    report = reconcile(service.journal.path,
+                       [evaluated_view(1, [evaluation_entry(foreign, sign(foreign.to_bytes(), stranger))])], ME, FED)
+
+    assert not report.ok and "evaluation" in report.problems[0] and "never signed" in report.problems[0]

@@ -229,9 +229,10 @@ class _Federation:
 def _prepare(root: Path, rounds: int, participants: int) -> _Federation:
     """Work directory, federation file, partitions, identities; the federation on the
     ledger (``fedledger coordinator init``) and each institution registered and admitted."""
-    from fl import data as fl_data
+    from fl import demo_data
     from fl import onboarding
-    from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
+    from fl.config import (DeploymentConfig, FederationConfig, ParticipantConfig, default_participants, msp_for,
+                           write_config)
     from ledger import pki
 
     workdir = root / "audited"
@@ -240,28 +241,26 @@ def _prepare(root: Path, rounds: int, participants: int) -> _Federation:
     cfg = FederationConfig(
         id="bench-deploy", rounds=rounds, workdir=workdir,
         participants=[ParticipantConfig(id=n, msp_id=msp_for(n), data=root / "data" / f"{n}.csv") for n in names],
+        deployment=DeploymentConfig(host="127.0.0.1", port=free_port()),
     )
-    config_path = workdir / "federation.toml"
+    ws = cfg.workspace
+    config_path = ws.config_file
     write_config(cfg, config_path)
-    with config_path.open("a", encoding="utf-8") as fh:
-        fh.write(f'\n[deployment]\nhost = "127.0.0.1"\nport = {free_port()}\n')
-    paths = fl_data.write_partitions_csv(
-        fl_data.partition_credit(participants, cfg.data_seed, cfg.dirichlet_alpha, 0.2), root / "data", names)
-    pki_dir = workdir / "pki"
-    pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
+    paths = demo_data.write_partitions_csv(
+        demo_data.partition_credit(participants, cfg.data_seed, cfg.dirichlet_alpha, 0.2), root / "data", names)
+    pki.demo_identity(ws.pki_root, "coordinator", cfg.coordinator_msp)
     env = service_env(root / "cli-flwr-home", extra={"FEDLEDGER_CONFIG": str(config_path)})
     _cli(env, workdir, "coordinator", "init", "--json")
-    coordinator = onboarding.identity_from_cert(cfg.coordinator_msp, pki_dir / cfg.coordinator_msp / "coordinator.crt")
+    coordinator = onboarding.identity_from_cert(cfg.coordinator_msp, ws.cert(cfg.coordinator_msp, "coordinator"))
     target = onboarding.LedgerTarget.from_config(cfg)
     keys = {}
     for p in cfg.participants:
-        pki.demo_identity(pki_dir, p.id, p.msp_id)
-        org = pki_dir / p.msp_id
-        own = onboarding.identity_from_cert(p.msp_id, org / f"{p.id}.crt")
-        onboarding.register(target, own, p.id, org / f"{p.id}.crt", ca_cert_path=org / "ca" / "ca.crt",
-                            key_path=org / f"{p.id}.key")
+        pki.demo_identity(ws.pki_root, p.id, p.msp_id)
+        own = onboarding.identity_from_cert(p.msp_id, ws.cert(p.msp_id, p.id))
+        onboarding.register(target, own, p.id, ws.cert(p.msp_id, p.id), ca_cert_path=ws.ca_cert(p.msp_id),
+                            key_path=ws.key(p.msp_id, p.id))
         onboarding.admit(target, coordinator, p.id)
-        keys[p.id] = org / f"{p.id}.key"
+        keys[p.id] = ws.key(p.msp_id, p.id)
     return _Federation(cfg, config_path, {n: paths[n] for n in names}, keys, env)
 
 
@@ -353,7 +352,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fl import data as fl_data
+from fl import demo_data
 from fl import model as fl_model
 from fl.records import to_record
 
@@ -389,7 +388,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     strategy = TimedFedAvg(int(rc["nodes"]), Path(str(rc["timings"])))
-    arrays = to_record(fl_model.initial_arrays(fl_data.credit_schema().n_features, int(rc["seed"])))
+    arrays = to_record(fl_model.initial_arrays(
+        fl_model.ModelSpec(seed=int(rc["seed"])), demo_data.credit_schema().n_features))
     settings = {"federation": str(rc["federation"]), "round": 0,
                 "local-epochs": int(rc["local-epochs"]), "learning-rate": float(rc["learning-rate"]),
                 "batch-size": int(rc["batch-size"]), "seed": int(rc["seed"])}
@@ -501,8 +501,8 @@ def _run_plain(root: Path, fed: _Federation, rounds: int, watcher: _Watcher) -> 
 # --- the audited deployment ------------------------------------------------------------
 def _run_audited(fed: _Federation, rounds: int, watcher: _Watcher) -> _Rounds:
     workdir = fed.cfg.workdir
-    coordinator = workdir / "coordinator"
-    rounds_log = fed.cfg.rounds_log
+    coordinator = fed.cfg.workspace.coordinator
+    rounds_log = coordinator.rounds_log
     ends: dict[int, float] = {}
 
     def remember(state: dict[str, Any]) -> None:
@@ -520,8 +520,8 @@ def _run_audited(fed: _Federation, rounds: int, watcher: _Watcher) -> _Rounds:
         return len(lines)
 
     def coordinator_log() -> str:
-        return "\n".join(f"--- {name}\n{processes.tail(coordinator / name, 30)}"
-                         for name in ("service.log", "run.log", "superlink.log"))
+        return "\n".join(f"--- {path.name}\n{processes.tail(path, 30)}"
+                         for path in (coordinator.service_log, coordinator.run_log, coordinator.superlink_log))
 
     t0, load = time.monotonic(), os.getloadavg()[0]
     try:
@@ -529,7 +529,7 @@ def _run_audited(fed: _Federation, rounds: int, watcher: _Watcher) -> _Rounds:
                                   "--exit-after-run", "--json").stdout)
         remember(started)
         for name in fed.cfg.participant_ids():
-            watcher.add_node_log(f"audited/{name}", workdir / "clients" / name / "supernode.log")
+            watcher.add_node_log(f"audited/{name}", fed.cfg.workspace.client(name).supernode_log)
             result = json.loads(_cli(fed.env, workdir, "client", "start", "-p", name, "--detach", "--json").stdout)
             watcher.add_root(result.get("pid"), f"audited/{name}")
             watcher.add_root(result.get("supernode_pid"), f"audited/{name}")
@@ -537,13 +537,13 @@ def _run_audited(fed: _Federation, rounds: int, watcher: _Watcher) -> _Rounds:
 
         def finished() -> bool:
             note_rounds()
-            state = processes.read_json(coordinator / "state.json") or {}
+            state = processes.read_json(coordinator.state_file) or {}
             remember(state)
             return state.get("status") in ("stopped", "failed")
 
         _wait_for(finished, 120 + 120 * rounds, "the audited run", coordinator_log)
         note_rounds()
-        state = processes.read_json(coordinator / "state.json") or {}
+        state = processes.read_json(coordinator.state_file) or {}
         lines = _read_rounds(rounds_log)
         if state.get("run_status") != "finished:completed" or len(lines) < rounds:
             raise RuntimeError(f"audited run: {state.get('run_status')} after {len(lines)} of {rounds} rounds\n"
@@ -556,8 +556,8 @@ def _run_audited(fed: _Federation, rounds: int, watcher: _Watcher) -> _Rounds:
         with contextlib.suppress(Exception):
             _cli(fed.env, workdir, "coordinator", "stop", timeout=60, check=False)
         # Whatever a CLI call could not stop: the pid files, then the watcher's list.
-        for pid_file in [coordinator / "coordinator.pid",
-                         *(workdir / "clients" / n / "client.pid" for n in fed.cfg.participant_ids())]:
+        for pid_file in [coordinator.pid_file,
+                         *(fed.cfg.workspace.client(n).pid_file for n in fed.cfg.participant_ids())]:
             pid = processes.read_pid(pid_file)
             if pid is not None and processes.pid_alive(pid):
                 processes.stop(pid, timeout=15)
@@ -620,15 +620,16 @@ def _breakdown(run: _Rounds, watcher: _Watcher) -> dict[str, Any]:
 def _train_seconds(fed: _Federation) -> float:
     """Median wall time of one institution's local training alone (in this process, warm)."""
     from fl import data as fl_data
+    from fl import demo_data
     from fl import model as fl_model
     from fl.server_app import initial_model
 
     t = fed.cfg.training
     times = []
     for name in fed.cfg.participant_ids():
-        X, y = fl_data.load_csv(fed.data[name], fl_data.credit_schema())
+        X, y = fl_data.load_csv(fed.data[name], demo_data.credit_schema())
         for _ in range(2):  # the first is a warm-up
-            model = fl_model.CreditMLP(X.shape[1])
+            model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
             fl_model.set_arrays(model, initial_model(fed.cfg))
             started = time.perf_counter()
             fl_model.train(model, X, y, epochs=t.local_epochs, lr=t.learning_rate, batch_size=t.batch_size,

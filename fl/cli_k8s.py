@@ -1,56 +1,33 @@
 """``fedledger k8s render | apply | status``: the federation on Kubernetes.
 
-Each command parses, calls :mod:`fl.kube`, prints (a table, or ``--json``); a failure is
-one line on stderr and a non-zero exit: 1 for the cluster's refusal or absence, 2 for an
-invalid federation file or overlay.
+Each command parses, calls :mod:`fl.kube`, prints (a table, or ``--json``); failures
+follow :mod:`fl.cli_output`: 1 the cluster refused (RBAC, invalid object) or not all
+workloads are ready, 2 an invalid federation file or overlay, 3 no cluster to talk to.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 
-from fl.config import ConfigError, FederationConfig, load_config
-from fl.kube.errors import KubeError, RenderError
+from fl.cli_output import ConfigOpt, ExitCode, JsonOpt, emit, failures, load
 
 __all__ = ["k8s_app"]
 
 k8s_app = typer.Typer(help="The federation on Kubernetes: render, apply (server-side), status.",
                       no_args_is_help=True)
 
-ConfigOpt = typer.Option(Path("federation.toml"), "--config", envvar="FEDLEDGER_CONFIG",
-                         help="Federation file.")
-OverlayOpt = typer.Option("local", "--overlay", help="Overlay under k8s/overlays (local, production) or 'none'.")
-KubeconfigOpt = typer.Option(None, "--kubeconfig", help="kubeconfig file (default $KUBECONFIG, ~/.kube/config).")
-ContextOpt = typer.Option(None, "--context", help="kubeconfig context.")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document.")
+OverlayOpt: Any = typer.Option("local", "--overlay", help="Overlay under k8s/overlays (local, production) or 'none'.")
+KubeconfigOpt: Any = typer.Option(None, "--kubeconfig", help="kubeconfig file (default $KUBECONFIG, ~/.kube/config).")
+ContextOpt: Any = typer.Option(None, "--context", help="kubeconfig context.")
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except (ConfigError, RenderError) as exc:
-        _fail(str(exc).splitlines()[0], 2)
-    except KubeError as exc:
-        _fail(str(exc).splitlines()[0], 1)
-
-
-def _objects(config: Path, overlay: str) -> list[dict]:  # type: ignore[type-arg]
+def _objects(config: Path, overlay: str) -> list[dict[str, Any]]:
     from fl.kube.render import render
 
-    cfg: FederationConfig = load_config(config.resolve())
-    return render(cfg, None if overlay == "none" else overlay)
+    return render(load(config), None if overlay == "none" else overlay)
 
 
 @k8s_app.command("render")
@@ -59,14 +36,17 @@ def render_cmd(
     institution: Optional[str] = typer.Option(None, "--institution",
                                               help="Only this participant's node (for its own cluster)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Render every Kubernetes object of the federation as one YAML stream."""
+    """Render every Kubernetes object of the federation as one YAML stream (``--json``: a JSON list)."""
     from fl.kube.render import institution_objects, to_yaml
 
-    with _one_line_errors():
+    with failures(as_json):
         objects = institution_objects(institution) if institution else _objects(config, overlay)
         text = to_yaml(objects)
-    if out is None:
+    if as_json and out is None:
+        emit(True, objects)
+    elif out is None:
         typer.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
@@ -84,7 +64,7 @@ def apply_cmd(
     from fl.kube.client import connect
     from fl.kube.deploy import apply_all
 
-    with _one_line_errors():
+    with failures(as_json):
         objects = _objects(config, overlay)
         kube = connect(kubeconfig, context)
         try:
@@ -92,7 +72,7 @@ def apply_cmd(
         finally:
             kube.close()
     if as_json:
-        typer.echo(json.dumps({"dry_run": dry_run, "objects": [a.to_json() for a in applied]}, indent=2))
+        emit(True, {"dry_run": dry_run, "objects": [a.to_json() for a in applied]})
         return
     for a in applied:
         where = f"{a.namespace}/" if a.namespace else ""
@@ -109,7 +89,7 @@ def status_cmd(
     from fl.kube.client import connect
     from fl.kube.deploy import status_of
 
-    with _one_line_errors():
+    with failures(as_json):
         objects = _objects(config, overlay)
         kube = connect(kubeconfig, context)
         try:
@@ -118,10 +98,10 @@ def status_cmd(
             kube.close()
     ready = all(w.is_ready for w in workloads)
     if as_json:
-        typer.echo(json.dumps({"ready": ready, "workloads": [w.to_json() for w in workloads]}, indent=2))
+        emit(True, {"ready": ready, "workloads": [w.to_json() for w in workloads]})
     else:
         for w in workloads:
             state = f"{w.ready}/{w.desired} ready" if w.exists else "not applied"
             typer.echo(f"{w.kind:<12} {w.namespace}/{w.name:<40} {state}")
     if not ready:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)

@@ -1,27 +1,31 @@
 """``fedledger network …``: install Fabric and drive a local Fabric network (thin commands).
 
-Where things live, each overridable at the edge (flags, then environment):
+Where things live:
 
 * the release archive: ``FEDLEDGER_FABRIC_ARCHIVE`` (default ``../shared/fabric/…`` beside
-  the clone), pinned by SHA-256 (``FEDLEDGER_FABRIC_SHA256`` for another copy);
+  the clone), pinned by SHA-256 (``FEDLEDGER_FABRIC_SHA256`` for another copy) — where the
+  software is installed from, shared with ``./run``, not a setting of a federation;
 * the unpacked release: ``$FEDLEDGER_CACHE/fabric`` (default ``~/.cache/fedledger/fabric``);
 * the network's data (crypto, ledgers, logs, pids, connection profile): ``--data-dir``,
-  ``FEDLEDGER_NETWORK_DIR``, default ``~/.local/share/fedledger/network``.
+  default ``~/.local/share/fedledger/network``.
+
+Output and exit codes follow :mod:`fl.cli_output` (3: no network there, or Fabric is
+not installed; 1: a node is unhealthy).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.fabric.install import FabricInstall, InstallError, default_archive, install
-from ledger.fabric.network import Network, NetworkError, load_topology
+from fl.cli_output import ExitCode, JsonOpt, emit, failures
+from ledger.fabric.install import FabricInstall, default_archive, install
+from ledger.fabric.network import Network, load_topology
 from ledger.fabric.topology import Topology
 
 __all__ = ["network_app", "open_network", "default_profile"]
@@ -30,17 +34,10 @@ network_app = typer.Typer(help="Install Fabric and drive a local Hyperledger Fab
                           no_args_is_help=True)
 console = Console(stderr=True)
 
-DataDir = typer.Option(None, "--data-dir", help="The network's folder (env FEDLEDGER_NETWORK_DIR).")
-AsJson = typer.Option(False, "--json", help="Print one JSON document.")
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "fedledger" / "network"
+DataDir: Any = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="The network's folder (crypto, ledgers, logs, "
+                                                                "pids, connection profile).")
+AsJson: Any = JsonOpt
 
 
 def _cache() -> Path:
@@ -48,41 +45,30 @@ def _cache() -> Path:
 
 
 def _data_dir(given: Optional[Path]) -> Path:
-    if given is not None:
-        return given.expanduser().resolve()
-    env = os.environ.get("FEDLEDGER_NETWORK_DIR")
-    return Path(env).expanduser().resolve() if env else Path.home() / ".local" / "share" / "fedledger" / "network"
+    return (given or DEFAULT_DATA_DIR).expanduser().resolve()
 
 
-def default_profile() -> Path:
-    """The connection profile of the local network (``--data-dir`` default)."""
-    return _data_dir(None) / "connection.json"
+def default_profile(data_dir: Optional[Path] = None) -> Path:
+    """The connection profile of the local network in ``data_dir`` (default folder)."""
+    return _data_dir(data_dir) / "connection.json"
 
 
 def _install() -> FabricInstall:
-    try:
-        return install(default_archive(os.environ), _cache(), sha256=os.environ.get("FEDLEDGER_FABRIC_SHA256"))
-    except InstallError as exc:
-        _fail(str(exc))
+    return install(default_archive(os.environ), _cache(), sha256=os.environ.get("FEDLEDGER_FABRIC_SHA256"))
 
 
 def open_network(data_dir: Optional[Path]) -> Network:
-    """The existing network in ``data_dir`` (a clear error when there is none)."""
-    try:
-        top = load_topology(_data_dir(data_dir))
-    except NetworkError as exc:
-        _fail(str(exc))
-    return Network(top, _install())
+    """The existing network in ``data_dir`` (NetworkError naming the folder when there is none)."""
+    return Network(load_topology(_data_dir(data_dir)), _install())
 
 
 @network_app.command("install")
 def network_install(as_json: bool = AsJson) -> None:
     """Install Fabric from the release archive (checksum first) into the cache."""
-    fabric = _install()
-    if as_json:
-        _print_json({"root": str(fabric.root), "version": fabric.version})
-    else:
-        typer.echo(f"Fabric {fabric.version} in {fabric.root}")
+    with failures(as_json):
+        fabric = _install()
+    emit(as_json, {"root": str(fabric.root), "version": fabric.version},
+         f"Fabric {fabric.version} in {fabric.root}")
 
 
 @network_app.command("up")
@@ -96,30 +82,26 @@ def network_up(
 ) -> None:
     """Start the network (idempotent: a running network is left as it is)."""
     folder = _data_dir(data_dir)
-    try:
+    with failures(as_json):
         if (folder / "network.json").is_file():
             top = load_topology(folder)
         else:
             top = Topology(data_dir=folder, channel=channel, consensus=consensus,  # type: ignore[arg-type]
                            base_port=base_port, batch_timeout_ms=batch_timeout_ms)
-    except (ValueError, NetworkError) as exc:
-        _fail(str(exc))
-    network = Network(top, _install())
-    already = network.is_running()
-    try:
+        network = Network(top, _install())
+        already = network.is_running()
         if as_json:
             network.up()
         else:
             with console.status("bringing the network up") as spinner:
                 network.up(lambda step: (spinner.update(step), console.log(step)))
-    except NetworkError as exc:
-        _fail(str(exc))
-    status = network.status()
-    if as_json:
-        _print_json({"already_running": already, "profile": str(top.profile_path), **status.to_json()})
-    else:
+        status = network.status()
+
+    def human() -> str:
         _print_status(status.to_json())
-        typer.echo(f"connection profile: {top.profile_path}")
+        return f"connection profile: {top.profile_path}"
+
+    emit(as_json, {"already_running": already, "profile": str(top.profile_path), **status.to_json()}, human)
 
 
 @network_app.command("down")
@@ -135,29 +117,23 @@ def network_down(
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
-        payload = {"stopped": [], "purged": purge, "data_dir": str(folder)}
-        _print_json(payload) if as_json else typer.echo(f"no network in {folder}")
+        emit(as_json, {"stopped": [], "purged": purge, "data_dir": str(folder)}, f"no network in {folder}")
         return
-    network = open_network(folder)
-    results = network.down(purge=purge)
+    with failures(as_json):
+        results = open_network(folder).down(purge=purge)
     payload = {"stopped": [r.to_json() for r in results if r.was_running], "purged": purge,
                "data_dir": str(folder)}
-    if as_json:
-        _print_json(payload)
-    else:
-        typer.echo(f"stopped {len(payload['stopped'])} process(es)" + ("; data deleted" if purge else ""))
+    emit(as_json, payload, f"stopped {len(payload['stopped'])} process(es)" + ("; data deleted" if purge else ""))
 
 
 @network_app.command("status")
 def network_status(data_dir: Optional[Path] = DataDir, as_json: bool = AsJson) -> None:
     """Each node's health and block height, and the committed chaincode; exit 1 unless healthy."""
-    status = open_network(data_dir).status().to_json()
-    if as_json:
-        _print_json(status)
-    else:
-        _print_status(status)
+    with failures(as_json):
+        status = open_network(data_dir).status().to_json()
+    emit(as_json, status, lambda: _print_status(status))
     if not status["healthy"]:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @network_app.command("logs")
@@ -165,20 +141,20 @@ def network_logs(
     name: Optional[str] = typer.Argument(None, help="Process name (see `status`); none lists them."),
     data_dir: Optional[Path] = DataDir,
     lines: int = typer.Option(40, "--lines", "-n", min=1, help="How many of the last lines."),
+    as_json: bool = AsJson,
 ) -> None:
     """Show the last lines of one process's log, or list the log files."""
     from ledger.processes import tail
 
-    network = open_network(data_dir)
-    if name is None:
-        for process in network.process_names():
-            typer.echo(f"{process:24} {network.top.log_path(process)}")
-        return
-    try:
+    with failures(as_json):
+        network = open_network(data_dir)
+        if name is None:
+            logs = {process: str(network.top.log_path(process)) for process in network.process_names()}
+            emit(as_json, logs, lambda: "\n".join(f"{p:24} {path}" for p, path in logs.items()))
+            return
         path = network.log_path(name)
-    except NetworkError as exc:
-        _fail(str(exc))
-    typer.echo(tail(path, lines))
+    text = tail(path, lines)
+    emit(as_json, {"process": name, "log": str(path), "lines": text.splitlines()}, text)
 
 
 @network_app.command("upgrade")
@@ -188,15 +164,11 @@ def network_upgrade(
     as_json: bool = AsJson,
 ) -> None:
     """Deploy the next sequence of the fedaudit chaincode (install, approve, commit)."""
-    network = open_network(data_dir)
-    try:
-        definition = network.upgrade_chaincode(version, None if as_json else (lambda s: console.log(s)))
-    except NetworkError as exc:
-        _fail(str(exc))
+    with failures(as_json):
+        definition = open_network(data_dir).upgrade_chaincode(version, None if as_json else (lambda s: console.log(s)))
     payload = {"name": definition.name, "version": definition.version, "sequence": definition.sequence,
                "policy": definition.policy}
-    _print_json(payload) if as_json else typer.echo(
-        f"{definition.name} {definition.version} committed at sequence {definition.sequence}")
+    emit(as_json, payload, f"{definition.name} {definition.version} committed at sequence {definition.sequence}")
 
 
 def _print_status(status: dict[str, Any]) -> None:

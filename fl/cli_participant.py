@@ -1,30 +1,22 @@
 """``fedledger participant …``: keys, the demo org CA, and registration on the ledger.
 
-Thin commands: parse → :mod:`fl.onboarding` → print (a line for people, ``--json`` for
-machines). A failure prints ``error: <one line>`` on stderr and exits 1.
+Thin commands: parse → :mod:`fl.onboarding` → print (see :mod:`fl.cli_output` for the
+convention: ``--config``, ``-p/--participant``, ``--json``, exit codes).
 
-Ledger commands find the ledger, federation and default identities in the federation
-file (``--config``, default ``./federation.toml``, env ``FEDLEDGER_CONFIG``); ``--ledger``
-and ``--federation`` override it, ``--msp-id`` and ``--identity-cert`` name the caller.
+``keygen`` and ``ca`` work on local files only. The ledger commands take the ledger,
+the federation and the default identities from the federation file; ``--msp-id``,
+``--identity-cert`` and ``--identity-key`` name another caller.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
-from pydantic import ValidationError
 
 from fl import onboarding
-from fl.config import ConfigError, FederationConfig, load_config
-from fl.identities import member_credentials
-from ledger.factory import LedgerConfig
-from ledger.identity import Credentials
-from ledger.errors import LedgerError
+from fl.cli_output import ConfigOpt, JsonOpt, ParticipantOpt, emit, failures, load
 from ledger.formats import FormatError
 
 __all__ = ["participant_app"]
@@ -37,85 +29,17 @@ ca_app = typer.Typer(help="A small org CA for demos and tests (use your own CA i
                      no_args_is_help=True)
 participant_app.add_typer(ca_app, name="ca")
 
-_ERRORS = (ValueError, LedgerError, OSError)  # KeyFileError, CertificateError, ConfigError… are ValueErrors
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Every expected failure becomes ``error: …`` and exit 1 (no traceback)."""
-    try:
-        yield
-    except _ERRORS as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _fail(text)
-
-
-def _emit(as_json: bool, payload: dict[str, Any], human: Callable[[], str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False))
-    else:
-        typer.echo(human())
-
-
-# Shared options ----------------------------------------------------------------------
-ConfigOpt = typer.Option(Path("federation.toml"), "--config", envvar="FEDLEDGER_CONFIG",
-                         help="Federation file (ledger, federation id, identity locations).")
-LedgerOpt = typer.Option(None, "--ledger", help="Ledger location (embedded: the SQLite file).")
-BackendOpt = typer.Option(None, "--backend", help="Ledger backend: embedded or fabric.")
-FederationOpt = typer.Option(None, "--federation", help="Federation id.")
-MspOpt = typer.Option(None, "--msp-id", envvar="FEDLEDGER_MSP_ID", help="The caller's MSP id.")
-IdentityOpt = typer.Option(None, "--identity-cert", envvar="FEDLEDGER_IDENTITY_CERT",
-                           help="The caller's X.509 certificate (PEM).")
-IdentityKeyOpt = typer.Option(None, "--identity-key", envvar="FEDLEDGER_IDENTITY_KEY",
-                              help="The caller's private key (PEM; Fabric signs every call with it).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document.")
-
-
-def _load_optional(config: Path, needed: bool) -> FederationConfig | None:
-    if config.exists():
-        return load_config(config.resolve())
-    if needed:
-        raise ConfigError(f"{config}: file not found (give --config, or --ledger and --federation)")
-    return None
-
-
-def _target(config: Path, ledger: Optional[Path], backend: Optional[str],
-            federation: Optional[str]) -> tuple[onboarding.LedgerTarget, FederationConfig | None]:
-    cfg = _load_optional(config, needed=ledger is None or federation is None)
-    base = cfg.ledger_config if cfg else None
-    try:
-        ledger_config = LedgerConfig(
-            backend=backend or (base.backend if base else "embedded"),
-            path=ledger or (base.path if base else None),
-            profile=base.profile if base else None,
-        )
-    except ValidationError as exc:
-        raise ConfigError(f"{config}: {exc.errors()[0]['msg']}") from None
-    target = onboarding.LedgerTarget(ledger_config, federation or (cfg.id if cfg else ""))
-    return target, cfg
-
-
-def _coordinator_identity(cfg: FederationConfig | None, msp_id: Optional[str],
-                          identity_cert: Optional[Path], identity_key: Optional[Path] = None) -> Credentials:
-    msp = msp_id or (cfg.coordinator_msp if cfg else None)
-    if msp is None:
-        raise ConfigError("--msp-id is required without a federation file")
-    if cfg is not None:
-        return member_credentials(cfg, msp, "coordinator", cert=identity_cert, key=identity_key)
-    if identity_cert is None:
-        raise ConfigError("--identity-cert is required without a federation file")
-    return Credentials.from_files(msp, identity_cert, identity_key)
+MspOpt: Any = typer.Option(None, "--msp-id", help="The caller's MSP id (default: from the federation file).")
+IdentityOpt: Any = typer.Option(None, "--identity-cert", help="The caller's X.509 certificate (PEM; default: "
+                                                            "the workspace's or the Fabric network's).")
+IdentityKeyOpt: Any = typer.Option(None, "--identity-key",
+                                   help="The caller's private key (PEM; Fabric signs every call with it).")
 
 
 # Keys and CA -------------------------------------------------------------------------
 @participant_app.command("keygen")
 def keygen_cmd(
-    participant: str = typer.Option(..., "--participant", "-p", help="Participant id (CN of the CSR)."),
+    participant: str = typer.Option(..., "--participant", "-p", help="Participant id (the CN of the CSR)."),
     org: Optional[str] = typer.Option(None, "--org", help="Organisation / MSP id (O of the CSR)."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for the key, OpenSSH key and CSR."),
     force: bool = typer.Option(False, "--force", help="Replace an existing key."),
@@ -130,11 +54,11 @@ def keygen_cmd(
     if pkcs11 is not None:
         _keygen_pkcs11(participant, org, out, force, pkcs11, token_label, key_label, pin_file, as_json)
         return
-    with _one_line_errors():
+    with failures(as_json):
         files = onboarding.keygen(out, participant, org, overwrite=force)
     payload = {"participant": participant, "key": str(files.key), "openssh_key": str(files.openssh_key),
                "openssh_public": str(files.openssh_public), "csr": str(files.csr)}
-    _emit(as_json, payload, lambda: f"key {files.key} (0600), node key {files.openssh_key}, CSR {files.csr}")
+    emit(as_json, payload, lambda: f"key {files.key} (0600), node key {files.openssh_key}, CSR {files.csr}")
 
 
 # --- keygen --pkcs11: the key is created in a token and never leaves it ----------------
@@ -147,7 +71,7 @@ def _keygen_pkcs11(participant: str, org: Optional[str], out: Path, force: bool,
     from ledger import pki
     from ledger.keys_pkcs11 import Pkcs11Config, Pkcs11Key, generate_key, make_csr, read_pin
 
-    with _one_line_errors():
+    with failures(as_json):
         if token_label is None or pin_file is None:
             raise ValueError("--pkcs11 needs --token-label and --pin-file")
         config = Pkcs11Config(module, token_label, key_label or participant, read_pin(pin_file))
@@ -163,7 +87,7 @@ def _keygen_pkcs11(participant: str, org: Optional[str], out: Path, force: bool,
                                         pki.openssh_public_key(public, participant) + "\n")
     payload = {"participant": participant, "key": config.describe(), "openssh_public": str(ssh_pub),
                "csr": str(csr_path)}
-    _emit(as_json, payload, lambda: f"key {config.describe()} (in the token), CSR {csr_path}")
+    emit(as_json, payload, lambda: f"key {config.describe()} (in the token), CSR {csr_path}")
 
 
 @ca_app.command("init")
@@ -176,11 +100,11 @@ def ca_init_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a self-signed P-256 org CA (demo and tests)."""
-    with _one_line_errors():
+    with failures(as_json):
         files = onboarding.ca_init(directory, org, common_name=name, days=days, overwrite=force)
     payload = {"key": str(files.key), "cert": str(files.cert), "subject": files.subject,
                "not_after": files.not_after}
-    _emit(as_json, payload, lambda: f"CA {files.subject}: {files.cert} (key {files.key}, 0600)")
+    emit(as_json, payload, lambda: f"CA {files.subject}: {files.cert} (key {files.key}, 0600)")
 
 
 @ca_app.command("sign")
@@ -193,11 +117,11 @@ def ca_sign_cmd(
 ) -> None:
     """Sign a participant CSR (P-256 only) into a certificate of this CA."""
     target = out or csr.with_suffix(".crt")
-    with _one_line_errors():
+    with failures(as_json):
         cert = onboarding.ca_sign(ca_dir, csr, target, days=days)
     payload = {"cert": str(target), "subject": cert.subject.rfc4514_string(),
                "issuer": cert.issuer.rfc4514_string(), "not_after": cert.not_valid_after_utc.isoformat()}
-    _emit(as_json, payload, lambda: f"certificate {target}: {payload['subject']} until {payload['not_after']}")
+    emit(as_json, payload, lambda: f"certificate {target}: {payload['subject']} until {payload['not_after']}")
 
 
 # Ledger ------------------------------------------------------------------------------
@@ -213,90 +137,81 @@ def _parse_meta(items: list[str]) -> dict[str, str]:
 
 @participant_app.command("register")
 def register_cmd(
-    participant: str = typer.Option(..., "--participant", "-p", help="Participant id."),
-    cert: Optional[Path] = typer.Option(None, "--cert", help="The participant's certificate."),
-    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="Org CA certificate to check against."),
+    participant: str = ParticipantOpt,
+    cert: Optional[Path] = typer.Option(None, "--cert", help="The participant's certificate "
+                                        "(default: the workspace's pki/<msp>/<participant>.crt)."),
+    ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="Org CA certificate to check against "
+                                           "(default: the workspace's, when present)."),
     key: Optional[Path] = typer.Option(None, "--key", help="The private key, to check it matches."),
-    meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE stored with the registration."),
-    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
-    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
+    meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE stored with the registration; repeatable."),
+    config: Path = ConfigOpt, msp_id: Optional[str] = MspOpt,
     identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Register an institution's certificate on the ledger, as that institution's org."""
-    with _one_line_errors():
-        target, cfg = _target(config, ledger, backend, federation)
-        entry = next((p for p in cfg.participants if p.id == participant), None) if cfg else None
-        msp = msp_id or (entry.msp_id if entry else None)
-        if msp is None:
-            raise ConfigError(f"--msp-id is required ({participant} is not in the federation file)")
-        org_dir = cfg.workdir / "pki" / msp if cfg else None
-        cert_path = cert or (org_dir / f"{participant}.crt" if org_dir else None)
-        if cert_path is None:
-            raise ConfigError("--cert is required without a federation file")
-        if ca_cert is None and org_dir is not None and (org_dir / "ca" / "ca.crt").exists():
-            ca_cert = org_dir / "ca" / "ca.crt"
-        if cfg is not None and (cfg.ledger == "fabric" or identity_cert is not None):
-            identity = member_credentials(cfg, msp, participant, cert=identity_cert, key=identity_key)
-        else:
-            identity = Credentials.from_files(msp, identity_cert or cert_path, identity_key)
-        receipt = onboarding.register(target, identity, participant, cert_path, ca_cert_path=ca_cert,
-                                      key_path=key, meta={"org": msp, **_parse_meta(meta)})
-    payload = {"participant": participant, "federation": target.federation, "msp_id": msp,
+    """Register an institution's certificate on the ledger, as that institution's org (status pending)."""
+    with failures(as_json):
+        cfg = load(config)
+        who = onboarding.registrant(cfg, participant, msp_id=msp_id, cert=cert, ca_cert=ca_cert,
+                                    identity_cert=identity_cert, identity_key=identity_key)
+        receipt = onboarding.register(onboarding.LedgerTarget.from_config(cfg), who.identity, participant, who.cert,
+                                      ca_cert_path=who.ca_cert, key_path=key,
+                                      meta={"org": who.msp_id, **_parse_meta(meta)})
+    payload = {"participant": participant, "federation": cfg.id, "msp_id": who.msp_id,
                "status": "pending", **receipt.model_dump()}
-    _emit(as_json, payload, lambda: f"{participant} registered (pending) tx {receipt.tx_id} block {receipt.block_number}")
+    emit(as_json, payload, lambda: f"{participant} registered (pending) tx {receipt.tx_id} block {receipt.block_number}")
 
 
 @participant_app.command("admit")
 def admit_cmd(
-    participant: str = typer.Argument(..., help="Participant id."),
-    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
-    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
-    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+    participant: str = ParticipantOpt, config: Path = ConfigOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Coordinator: admit a registered participant (status active)."""
-    with _one_line_errors():
-        target, cfg = _target(config, ledger, backend, federation)
-        receipt = onboarding.admit(target, _coordinator_identity(cfg, msp_id, identity_cert), participant)
-    payload = {"participant": participant, "federation": target.federation, "status": "active",
-               **receipt.model_dump()}
-    _emit(as_json, payload, lambda: f"{participant} admitted tx {receipt.tx_id} block {receipt.block_number}")
+    """Coordinator: admit a registered participant (status active; its node key is then accepted)."""
+    with failures(as_json):
+        cfg = load(config)
+        identity = onboarding.coordinator_credentials(cfg, msp_id, identity_cert, identity_key)
+        receipt = onboarding.admit(onboarding.LedgerTarget.from_config(cfg), identity, participant)
+    payload = {"participant": participant, "federation": cfg.id, "status": "active", **receipt.model_dump()}
+    emit(as_json, payload, lambda: f"{participant} admitted tx {receipt.tx_id} block {receipt.block_number}")
 
 
 @participant_app.command("revoke")
 def revoke_cmd(
-    participant: str = typer.Argument(..., help="Participant id."),
-    reason: str = typer.Option("revoked by the coordinator", "--reason", help="Why (recorded)."),
-    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
-    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
-    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+    participant: str = ParticipantOpt,
+    reason: str = typer.Option("revoked by the coordinator", "--reason", help="Why (recorded on the ledger)."),
+    config: Path = ConfigOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Coordinator: revoke a participant (refused from the next round on)."""
-    with _one_line_errors():
-        target, cfg = _target(config, ledger, backend, federation)
-        receipt = onboarding.revoke(target, _coordinator_identity(cfg, msp_id, identity_cert), participant, reason)
-    payload = {"participant": participant, "federation": target.federation, "status": "revoked",
+    with failures(as_json):
+        cfg = load(config)
+        identity = onboarding.coordinator_credentials(cfg, msp_id, identity_cert, identity_key)
+        receipt = onboarding.revoke(onboarding.LedgerTarget.from_config(cfg), identity, participant, reason)
+    payload = {"participant": participant, "federation": cfg.id, "status": "revoked",
                "reason": reason, **receipt.model_dump()}
-    _emit(as_json, payload, lambda: f"{participant} revoked tx {receipt.tx_id} block {receipt.block_number}")
+    emit(as_json, payload, lambda: f"{participant} revoked tx {receipt.tx_id} block {receipt.block_number}")
 
 
 @participant_app.command("list")
 def list_cmd(
-    config: Path = ConfigOpt, ledger: Optional[Path] = LedgerOpt, backend: Optional[str] = BackendOpt,
-    federation: Optional[str] = FederationOpt, msp_id: Optional[str] = MspOpt,
-    identity_cert: Optional[Path] = IdentityOpt, as_json: bool = JsonOpt,
+    config: Path = ConfigOpt, msp_id: Optional[str] = MspOpt,
+    identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """List the federation's participants with status, org and key fingerprint."""
-    with _one_line_errors():
-        target, cfg = _target(config, ledger, backend, federation)
+    with failures(as_json):
+        cfg = load(config)
+        identity = onboarding.coordinator_credentials(cfg, msp_id, identity_cert, identity_key)
         rows = [onboarding.participant_summary(p)
-                for p in onboarding.list_participants(target, _coordinator_identity(cfg, msp_id, identity_cert))]
+                for p in onboarding.list_participants(onboarding.LedgerTarget.from_config(cfg), identity)]
 
     def table() -> str:
         if not rows:
-            return f"no participants in {target.federation}"
+            return f"no participants in {cfg.id}"
         lines = [f"{'participant':<20} {'status':<8} {'msp':<16} key sha256"]
         lines += [f"{r['id']:<20} {r['status']:<8} {r['msp_id']:<16} {r.get('key_sha256', '?')[:16]}" for r in rows]
         return "\n".join(lines)
 
-    _emit(as_json, {"federation": target.federation, "participants": rows}, table)
+    emit(as_json, {"federation": cfg.id, "participants": rows}, table)

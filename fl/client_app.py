@@ -23,7 +23,9 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl import data as fl_data
+from fl import demo_data
 from fl import model as fl_model
+from fl import evaluation as fl_eval
 from fl.adversary import make_adversary_mods
 from fl.records import to_arrays, to_record
 from fl.runtime import configure_logging
@@ -82,9 +84,10 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
     def train(msg: Message, context: Context) -> Message:
         runtime = resolve(context)
         config = msg.content["config"]
-        X, y = runtime.load_data()
+        # Only the training part: the hold-out is kept for federated evaluation.
+        X, y, _, _ = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))
         arrays = to_arrays(msg.content["arrays"])
-        model = fl_model.CreditMLP(X.shape[1])
+        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
         fl_model.set_arrays(model, arrays)
         result = fl_model.train(
             model,
@@ -103,6 +106,23 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
             reply_to=msg,
         )
 
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Evaluate the committed global model on this institution's hold-out (signed by the mod)."""
+        runtime = resolve(context)
+        config = msg.content["config"]
+        _, _, X, y = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))
+        if len(y) == 0:
+            raise ValueError("the local data has no hold-out rows to evaluate on")
+        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
+        fl_model.set_arrays(model, to_arrays(msg.content["arrays"]))
+        result = fl_model.evaluate(model, X, y)
+        metrics = fl_eval.metrics_ppm(result, y)
+        return Message(
+            RecordDict({"metrics": MetricRecord(fl_eval.metric_record_values(len(y), metrics))}),
+            reply_to=msg,
+        )
+
     return app
 
 
@@ -113,7 +133,7 @@ def _key(path: str) -> ec.EllipticCurvePrivateKey:
 
 @functools.lru_cache(maxsize=16)
 def _csv(path: str) -> tuple[np.ndarray, np.ndarray]:
-    return fl_data.load_csv(Path(path), fl_data.credit_schema())
+    return fl_data.load_csv(Path(path), demo_data.credit_schema())
 
 
 @functools.lru_cache(maxsize=1)

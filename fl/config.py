@@ -1,19 +1,36 @@
-"""Federation configuration: one TOML file, validated once at the edge, passed down.
+"""Federation configuration: one TOML file, one model, validated once at the edge.
 
-Environment variables ``FEDLEDGER_<FIELD>`` override top-level scalar fields (for
-example ``FEDLEDGER_ROUNDS=5``); nothing deeper in the code reads the environment.
+The file has two tables, both read by :func:`load_config` into one frozen
+:class:`FederationConfig`::
+
+    [federation]                 the federation: id, rounds, ledger, participants …
+    workdir = "work"             the workspace (relative paths: to this file's folder)
+    ledger = "embedded"          or "fabric" with fabric_profile = "<connection.json>"
+
+    [federation.training]        local training settings sent to every participant
+    [[federation.participants]]  id, msp_id, data
+
+    [deployment]                 optional: where the coordinator's SuperLink listens
+    host = "127.0.0.1"           bind host
+    port = 9092                  Fleet, Control and Runtime APIs share this one port
+    address = ""                 what institutions dial; default host:port
+    tls_hosts = ["127.0.0.1", "localhost"]   SANs of the SuperLink's TLS certificate
+    sync_interval = 2.0          seconds between ledger → SuperLink key synchronisations
+    app = ""                     the Flower app directory; default: this project
+
+Nothing reads the environment: a command-line flag may override a value at the edge
+through :func:`override`, which validates the result again.
 """
 
 from __future__ import annotations
 
-import os
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fl.workspace import Workspace
 from ledger.factory import LedgerConfig
 from ledger.formats import ID_PATTERN
 
@@ -21,16 +38,28 @@ __all__ = [
     "ConfigError",
     "TrainingConfig",
     "ParticipantConfig",
+    "DeploymentConfig",
     "FederationConfig",
     "load_config",
+    "override",
     "write_config",
     "msp_for",
     "default_participants",
+    "project_root",
 ]
+
+# The tables of a federation file, and the model field each one fills.
+TABLES = ("federation", "deployment")
 
 
 class ConfigError(ValueError):
-    """A configuration file is missing or invalid; the message names the file."""
+    """A configuration file is missing or invalid; the message names the file, the key
+    path and the problem (every problem, separated by ``; ``)."""
+
+
+def project_root() -> Path:
+    """The directory holding this project's ``pyproject.toml`` (the Flower app)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def msp_for(participant: str) -> str:
@@ -77,6 +106,27 @@ class ParticipantConfig(_Model):
     _valid_id = field_validator("id")(lambda value: _check_id(value, "participant id"))
 
 
+class DeploymentConfig(_Model):
+    """``[deployment]``: where the coordinator listens and how the services behave."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9092, ge=1, le=65535)
+    address: str = ""
+    tls_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"], min_length=1)
+    sync_interval: float = Field(default=2.0, gt=0, le=3600)
+    app: Path | None = None
+
+    @property
+    def superlink_address(self) -> str:
+        """``host:port`` that SuperNodes and the Flower CLI connect to."""
+        return self.address or f"{self.host}:{self.port}"
+
+    @property
+    def app_dir(self) -> Path:
+        """The Flower app (``pyproject.toml`` with ``[tool.flwr.app]``) to run."""
+        return self.app if self.app is not None else project_root()
+
+
 class FederationConfig(_Model):
     """Everything the coordinator, the institutions and the demo agree on."""
 
@@ -98,6 +148,8 @@ class FederationConfig(_Model):
     min_participants: int | None = Field(default=None, ge=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     participants: list[ParticipantConfig] = Field(min_length=1)
+    # The file's [deployment] table (not part of [federation]).
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
     _valid_id = field_validator("id")(lambda value: _check_id(value, "federation id"))
 
@@ -110,11 +162,6 @@ class FederationConfig(_Model):
             )
         return self
 
-    @property
-    def quorum(self) -> int:
-        """How many participants a round waits for."""
-        return min(self.min_participants or len(self.participants), len(self.participants))
-
     @field_validator("participants")
     @classmethod
     def _unique(cls, value: list[ParticipantConfig]) -> list[ParticipantConfig]:
@@ -123,11 +170,25 @@ class FederationConfig(_Model):
             raise ValueError("participant ids must be unique")
         return value
 
-    # Derived locations inside the workdir -------------------------------------------
+    @property
+    def quorum(self) -> int:
+        """How many participants a round waits for."""
+        return min(self.min_participants or len(self.participants), len(self.participants))
+
+    @property
+    def workspace(self) -> Workspace:
+        """Where every file of this federation lives (the one owner of the layout)."""
+        return Workspace(self.workdir)
+
+    @property
+    def auditor_msp(self) -> str:
+        """The organisation the CLI audits as (the first auditor)."""
+        return self.auditor_msps[0] if self.auditor_msps else "AuditorMSP"
+
     @property
     def ledger_path(self) -> Path:
         """The embedded ledger's SQLite file."""
-        return self.workdir / "ledger.db"
+        return self.workspace.ledger_db
 
     @property
     def ledger_config(self) -> LedgerConfig:
@@ -137,60 +198,126 @@ class FederationConfig(_Model):
     @property
     def artifacts_path(self) -> Path:
         """The content-addressed artifact store."""
-        return self.workdir / "artifacts"
+        return self.workspace.artifacts
 
     @property
     def rounds_log(self) -> Path:
         """One JSON line per completed round, written by the coordinator."""
-        return self.workdir / "coordinator" / "rounds.jsonl"
+        return self.workspace.rounds_log
 
     def participant_ids(self) -> list[str]:
         """Participant ids in configuration order (partition i ↔ participant i)."""
         return [p.id for p in self.participants]
 
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    scalar = {"id", "rounds", "workdir", "ledger", "fabric_profile", "reward_budget", "data_seed"}
-    out: dict[str, Any] = {}
-    for name in scalar:
-        value = environ.get(f"FEDLEDGER_{name.upper()}")
-        if value is not None:
-            out[name] = value
-    return out
+    def participant(self, participant: str) -> ParticipantConfig:
+        """The entry of ``participant``; ConfigError when the file does not name it."""
+        for entry in self.participants:
+            if entry.id == participant:
+                return entry
+        raise ConfigError(f"participant {participant!r} is not in federation {self.id} "
+                          f"(participants: {', '.join(self.participant_ids())})")
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FederationConfig:
-    """Read and validate a federation TOML file; errors name the file and the field."""
+def _describe(errors: list[Any], prefix_of: Any) -> str:
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error["loc"]]
+        where = ".".join(prefix_of(loc)) or "(top level)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _file_key_path(loc: list[str]) -> list[str]:
+    """A model location as the key path in the file (``deployment`` is its own table)."""
+    if loc and loc[0] == "deployment":
+        return loc
+    return ["federation", *loc]
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str(base / value)
+    if isinstance(value, str) and value:
+        return str(Path(value).expanduser())
+    return value
+
+
+def load_config(path: Path) -> FederationConfig:
+    """Read and validate a federation TOML file once.
+
+    Relative paths (``workdir``, ``fabric_profile``, participants' ``data``,
+    ``[deployment] app``) are relative to the file's folder. Every problem is reported
+    in one :class:`ConfigError`: ``<file>: <key path>: <problem>``.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
+        raise ConfigError(f"{path}: file not found (give --config or set FEDLEDGER_CONFIG)") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a federation file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    section = data.get("federation", data)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [federation] must be a table")
-    merged = {**section, **_env_overrides(os.environ if environ is None else environ)}
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown table{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(f'[{name}]' for name in unknown)} (known: [federation], [deployment])")
+    federation = data.get("federation")
+    if not isinstance(federation, dict):
+        raise ConfigError(f"{path}: federation: missing [federation] table" if federation is None
+                          else f"{path}: federation: must be a table")
+    deployment = data.get("deployment", {})
+    if not isinstance(deployment, dict):
+        raise ConfigError(f"{path}: deployment: must be a table")
+    base = path.parent.absolute()
+    merged: dict[str, Any] = dict(federation)
     for key in ("workdir", "fabric_profile"):
-        if merged.get(key) and not Path(str(merged[key])).expanduser().is_absolute():
-            merged[key] = path.parent / str(merged[key])
-    # Relative data paths, like the workdir, are relative to the federation file.
-    for participant in merged.get("participants") or []:
-        if isinstance(participant, dict) and "data" in participant and not Path(str(participant["data"])).is_absolute():
-            participant["data"] = str(path.parent / str(participant["data"]))
+        merged[key] = _relative_to(base, merged.get(key))
+        if merged[key] is None:
+            del merged[key]
+    participants = merged.get("participants")
+    if isinstance(participants, list):
+        merged["participants"] = [
+            {**p, "data": _relative_to(base, p["data"])} if isinstance(p, dict) and "data" in p else p
+            for p in participants
+        ]
+    if deployment:
+        deployment = dict(deployment)
+        if "app" in deployment:
+            deployment["app"] = _relative_to(base, deployment["app"]) or None
+        merged["deployment"] = deployment
     try:
         return FederationConfig.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        raise ConfigError(f"{path}: {_describe(exc.errors(), _file_key_path)}") from None
+
+
+def override(config: FederationConfig, source: Path | str = "command line", **changes: Any) -> FederationConfig:
+    """``config`` with the non-``None`` ``changes`` applied and validated again.
+
+    ``deployment`` takes a dict of ``[deployment]`` keys; anything else a top-level
+    ``[federation]`` key. Errors name ``source`` (a flag: ``--port``) and the key path.
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    deployment = {k: v for k, v in (changes.pop("deployment", None) or {}).items() if v is not None}
+    if not changes and not deployment:
+        return config
+    data = config.model_dump()
+    data.update(changes)
+    data["deployment"].update(deployment)
+    try:
+        return FederationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc.errors(), _file_key_path)}") from None
 
 
 def write_config(config: FederationConfig, path: Path) -> None:
-    """Write ``config`` as a federation TOML file (used by the demo and onboarding)."""
+    """Write ``config`` as a federation TOML file (the demo, onboarding, Kubernetes).
+
+    ``[deployment]`` is written only when it differs from the defaults.
+    """
     lines = ["[federation]"]
     for key in ("id", "rounds", "ledger", "coordinator_msp", "reward_budget", "data_seed",
                 "dirichlet_alpha", "max_norm_ratio", "min_participants", "metrics_port"):
@@ -211,6 +338,11 @@ def write_config(config: FederationConfig, path: Path) -> None:
         lines.append(f"msp_id = {_toml(participant.msp_id)}")
         if participant.data is not None:
             lines.append(f"data = {_toml(str(participant.data))}")
+    if config.deployment != DeploymentConfig():
+        lines.append("")
+        lines.append("[deployment]")
+        for key, value in config.deployment.model_dump(exclude_none=True).items():
+            lines.append(f"{key} = {_toml(str(value) if isinstance(value, Path) else value)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

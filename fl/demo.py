@@ -19,10 +19,10 @@ from typing import Any
 
 import structlog
 
-from fl import data as fl_data
+from fl import demo_data
 from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
 from fl.identities import CredentialsError, adopt_network_cas, member_credentials
-from fl.server_app import CoordinatorRun, federation_policy, identity_paths
+from fl.server_app import CoordinatorRun, federation_policy
 from ledger.factory import open_ledger
 from ledger.incentives import issue_pending_rewards
 from ledger.pki import certificate_pem, demo_identity
@@ -67,6 +67,12 @@ class DemoResult:
                 "rewards_tx": self.rewards.get(s.round, {}).get("tx_id"),
                 "accuracy": s.metrics.get("accuracy"),
                 "auc": s.metrics.get("auc"),
+                "evaluation": s.evaluation,
+                "evaluation_mean": s.evaluation_mean,
+                "evaluation_rejected": [{"participant": r["participant"], "reason": r["reason"]}
+                                        for r in s.evaluation_rejected],
+                "evaluation_tx": s.evaluation_tx,
+                "evaluation_block": s.evaluation_block,
                 "seconds": round(s.seconds, 4),
                 "ledger_seconds": round(s.ledger_seconds, 4),
             }
@@ -80,6 +86,7 @@ class DemoResult:
                 else {"backend": "fabric", "profile": str(self.config.fabric_profile)}
             ),
             "workdir": str(self.config.workdir),
+            "config": str(self.config.workspace.config_file),
             "participants": self.participants,
             "adversaries": self.adversaries,
             "onboarding": self.onboarding,
@@ -107,7 +114,7 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     signing certificates are issued by the network's org CAs. Returns one onboarding
     line per participant (register and admit tx ids).
     """
-    pki = cfg.workdir / "pki"
+    pki = cfg.workspace.pki_root
     try:
         network_identities = adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
     except CredentialsError as exc:
@@ -179,7 +186,7 @@ def run_demo(
     if unknown:
         raise DemoError(f"adversary names unknown participant(s): {', '.join(unknown)}")
     _fresh_workdir(cfg.workdir)
-    write_config(cfg, cfg.workdir / "federation.toml")
+    write_config(cfg, cfg.workspace.config_file)
     onboarding = prepare_federation(cfg)
     run = _simulate(cfg, adversaries, verbose)
     result = DemoResult(cfg, run, cfg.participant_ids(), adversaries, onboarding)
@@ -240,12 +247,12 @@ class SimulationResolver:
 
         index = int(context.node_config["partition-id"])
         participant = self.cfg.participants[index]
-        key_path, _ = identity_paths(self.cfg, participant.id, participant.msp_id)
+        key_path = self.cfg.workspace.key(participant.msp_id, participant.id)
         return ClientRuntime(
             participant=participant.id,
             key=_key(str(key_path)),
             load_data=functools.partial(
-                fl_data.load_partition, index, len(self.cfg.participants), self.cfg.data_seed,
+                demo_data.load_partition, index, len(self.cfg.participants), self.cfg.data_seed,
                 alpha=self.cfg.dirichlet_alpha,
             ),
             adversary=self.adversaries.get(participant.id),

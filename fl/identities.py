@@ -3,8 +3,9 @@
 * Explicit files (``--identity-cert`` / ``--identity-key``) always win.
 * Where the ledger's network issues identities (a Fabric channel's MSPs trust no other
   CA), the organisation's client identity from that network.
-* Otherwise ``<workdir>/pki/<msp>/<name>.crt`` (and ``.key`` beside it when present) —
-  the demo and onboarding write them there.
+* Otherwise the workspace's ``pki/<msp>/<name>.crt`` (and ``.key`` beside it when
+  present; :class:`fl.workspace.Workspace` owns the layout) — the demo and onboarding
+  write them there.
 """
 
 from __future__ import annotations
@@ -17,22 +18,16 @@ from ledger.errors import LedgerError
 from ledger.factory import network_ca, network_member
 from ledger.identity import Credentials
 
-__all__ = ["pki_paths", "member_credentials", "adopt_network_cas", "CredentialsError"]
+__all__ = ["member_credentials", "adopt_network_cas", "CredentialsError"]
 
 
 class CredentialsError(ValueError):
     """No usable credentials: the message names the file or profile and what is missing."""
 
 
-def pki_paths(workdir: Path, msp_id: str, name: str) -> tuple[Path, Path]:
-    """``(key, certificate)`` of ``name`` in org ``msp_id`` under a work directory's PKI."""
-    org = workdir / "pki" / msp_id
-    return org / f"{name}.key", org / f"{name}.crt"
-
-
 def adopt_network_cas(cfg: FederationConfig, msp_ids: set[str]) -> bool:
     """Where the ledger's network has its own org CAs, copy each one to
-    ``<workdir>/pki/<msp>/ca`` so that participant certificates are issued by it there.
+    the workspace's org CA directory so that participant certificates are issued by it there.
     Returns whether it did (False: any org CA will do)."""
     try:
         cas = {msp: network_ca(cfg.ledger_config, msp) for msp in sorted(msp_ids)}
@@ -42,7 +37,7 @@ def adopt_network_cas(cfg: FederationConfig, msp_ids: set[str]) -> bool:
         if files is None:
             return False
         cert, key = files
-        ca_dir = cfg.workdir / "pki" / msp / "ca"
+        ca_dir = cfg.workspace.ca_dir(msp)
         ca_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cert, ca_dir / "ca.crt")
         (ca_dir / "ca.key").touch(mode=0o600)
@@ -69,5 +64,5 @@ def member_credentials(
         raise CredentialsError(str(exc)) from None
     if issued is not None:
         return Credentials.from_files(msp_id, issued[0], key or issued[1])
-    key_path, cert_path = pki_paths(cfg.workdir, msp_id, name)
+    key_path, cert_path = cfg.workspace.key(msp_id, name), cfg.workspace.cert(msp_id, name)
     return Credentials.from_files(msp_id, cert_path, key or (key_path if key_path.exists() else None))

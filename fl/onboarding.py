@@ -24,10 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from fl.config import FederationConfig
+from fl.config import ConfigError, FederationConfig
 from ledger import pki
 from ledger.factory import LedgerConfig, open_ledger
-from fl.identities import pki_paths
+from fl.identities import member_credentials
 from ledger.identity import Credentials
 from ledger.protocol import Ledger
 from ledger.records import Identity, Participant, TxReceipt
@@ -39,7 +39,9 @@ __all__ = [
     "ca_init",
     "ca_sign",
     "identity_from_cert",
-    "default_identity_cert",
+    "Registrant",
+    "registrant",
+    "coordinator_credentials",
     "register",
     "admit",
     "revoke",
@@ -62,9 +64,45 @@ class LedgerTarget:
         return cls(cfg.ledger_config, cfg.id)
 
 
-def default_identity_cert(workdir: Path, name: str, msp_id: str) -> Path:
-    """``<workdir>/pki/<msp>/<name>.crt``: where the demo and onboarding keep identities."""
-    return pki_paths(workdir, msp_id, name)[1]
+def coordinator_credentials(cfg: FederationConfig, msp_id: str | None = None, cert: Path | None = None,
+                            key: Path | None = None) -> Credentials:
+    """The coordinator's ledger credentials: the file's ``coordinator_msp`` (or ``msp_id``)
+    and its identity in the workspace (or the explicit ``cert``/``key``)."""
+    return member_credentials(cfg, msp_id or cfg.coordinator_msp, "coordinator", cert=cert, key=key)
+
+
+@dataclass(frozen=True)
+class Registrant:
+    """An institution about to register: its org, certificate, CA and ledger identity."""
+
+    msp_id: str
+    cert: Path
+    ca_cert: Path | None
+    identity: Credentials
+
+
+def registrant(cfg: FederationConfig, participant: str, *, msp_id: str | None = None, cert: Path | None = None,
+               ca_cert: Path | None = None, identity_cert: Path | None = None,
+               identity_key: Path | None = None) -> Registrant:
+    """Fill in what ``participant register`` was not told from the federation file.
+
+    The org is ``msp_id`` or the participant's ``msp_id`` in the file; the certificate
+    and org CA default to the workspace's. The participant calls the ledger as its own
+    org: on Fabric (or with ``identity_cert``) with the org's ledger identity, on the
+    embedded ledger with its own certificate.
+    """
+    entry = next((p for p in cfg.participants if p.id == participant), None)
+    msp = msp_id or (entry.msp_id if entry else None)
+    if msp is None:
+        raise ConfigError(f"--msp-id is required ({participant} is not in federation {cfg.id})")
+    cert_path = cert or cfg.workspace.cert(msp, participant)
+    if ca_cert is None and cfg.workspace.ca_cert(msp).exists():
+        ca_cert = cfg.workspace.ca_cert(msp)
+    if cfg.ledger == "fabric" or identity_cert is not None:
+        identity = member_credentials(cfg, msp, participant, cert=identity_cert, key=identity_key)
+    else:
+        identity = Credentials.from_files(msp, cert_path, identity_key)
+    return Registrant(msp, cert_path, ca_cert, identity)
 
 
 def identity_from_cert(msp_id: str, cert_path: Path) -> Identity:

@@ -16,9 +16,9 @@ import structlog
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl import data as fl_data
+from fl import demo_data
 from fl import model as fl_model
-from fl.config import FederationConfig, load_config
+from fl.config import FederationConfig, load_config, override
 from fl.deploy.binding import NodeDirectory
 from fl.metrics import CoordinatorMetrics, chain
 from fl.records import to_record
@@ -27,7 +27,7 @@ from fl.runtime import configure_logging
 from fl.strategy import AuditedFedAvg, RoundSummary, append_jsonl
 from ledger.artifacts import ArtifactStore
 from ledger.factory import open_ledger
-from fl.identities import member_credentials, pki_paths
+from fl.identities import member_credentials
 from ledger.identity import Credentials
 from ledger.formats import update_digest
 from ledger.records import FederationPolicy, Identity, ScorerSpec
@@ -47,8 +47,8 @@ log = structlog.get_logger("fedledger.coordinator")
 
 
 def identity_paths(cfg: FederationConfig, name: str, msp_id: str) -> tuple[Path, Path]:
-    """(key, certificate) files of ``name`` in org ``msp_id`` under the workdir's PKI."""
-    return pki_paths(cfg.workdir, msp_id, name)
+    """(key, certificate) files of ``name`` in org ``msp_id`` in the federation's workspace."""
+    return cfg.workspace.key(msp_id, name), cfg.workspace.cert(msp_id, name)
 
 
 def coordinator_identity(cfg: FederationConfig) -> Credentials:
@@ -58,7 +58,9 @@ def coordinator_identity(cfg: FederationConfig) -> Credentials:
 
 def initial_model(cfg: FederationConfig) -> dict[str, np.ndarray]:
     """The federation's deterministic initial global model."""
-    return fl_model.initial_arrays(fl_data.credit_schema().n_features, cfg.training.seed)
+    return fl_model.initial_arrays(
+        fl_model.ModelSpec(seed=cfg.training.seed), demo_data.credit_schema().n_features
+    )
 
 
 def federation_policy(cfg: FederationConfig) -> FederationPolicy:
@@ -69,16 +71,16 @@ def federation_policy(cfg: FederationConfig) -> FederationPolicy:
         reward_budget=cfg.reward_budget,
         scorer=ScorerSpec(name="cosine"),
         aggregation="fedavg",
-        data_schema_digest=fl_data.credit_schema().digest(),
+        data_schema_digest=demo_data.credit_schema().digest(),
         model=update_digest(initial_model(cfg)),
     )
 
 
 def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
-    X, y = fl_data.load_test(len(cfg.participants), cfg.data_seed, alpha=cfg.dirichlet_alpha)
+    X, y = demo_data.load_test(len(cfg.participants), cfg.data_seed, alpha=cfg.dirichlet_alpha)
 
     def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        model = fl_model.CreditMLP(X.shape[1])
+        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
         fl_model.set_arrays(model, arrays)
         result = fl_model.evaluate(model, X, y)
         return {"accuracy": float(result["accuracy"]), "auc": float(result["auc"]),
@@ -173,11 +175,14 @@ app = ServerApp()
 
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
-    """Deployment: ``run_config['config']`` names the federation TOML file."""
-    if "config" not in context.run_config:
+    """Deployment: ``run_config['config']`` names the federation TOML file and
+    ``num-server-rounds`` the total rounds (the coordinator sets both)."""
+    if not context.run_config.get("config"):
         raise ValueError("run config lacks 'config' (the federation TOML file)")
     configure_logging(json_logs=True)
     cfg = load_config(Path(str(context.run_config["config"])))
+    if "num-server-rounds" in context.run_config:
+        cfg = override(cfg, "run config num-server-rounds", rounds=int(context.run_config["num-server-rounds"]))
     # SuperNode authentication is on in deployment: bind every reply to the participant
     # whose ledger certificate holds the authenticated node's key.
     run_coordinator(grid, cfg, coordinator_identity(cfg), node_directory=NodeDirectory())

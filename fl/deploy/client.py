@@ -7,7 +7,7 @@ ships) ever holds it. The key stays with the institution's signer (:mod:`fl.sign
 * with ``ClientSpec.signer`` the node uses a signer the institution already runs
   (``fedledger signer start``; e.g. under its own user, or with the key in an HSM);
 * otherwise this service starts one itself, as its child, from ``ClientSpec.key`` and
-  the federation file (``ClientSpec.config``, default ``<workdir>/federation.toml``).
+  the federation file (``ClientSpec.config``).
 
 The signer's public key must be the certificate's (when one is given). The SuperNode
 runs through :mod:`fl.signer.supernode`, which authenticates it by asking the signer to
@@ -15,12 +15,13 @@ sign Flower's node-auth timestamps, and the node config — ``participant``, ``d
 ``signer`` (the socket) — names no key: the ClientApp asks the signer for each
 signature, and the signer refuses what the institution's policy does not allow.
 
-Files under ``<workdir>/clients/<participant>/``: ``supernode.log`` (Flower's output),
-``service.log`` (this service's JSON log when detached), ``client.pid``, ``state.json``,
-``node-config.toml``, ``flwr-home/``; the signer's under ``<workdir>/signers/<participant>/``.
+Files: :meth:`fl.workspace.Workspace.client` (``supernode.log`` — Flower's output,
+``service.log``, ``client.pid``, ``state.json``, ``node-config.toml``, ``flwr-home/``);
+the signer's: :meth:`fl.workspace.Workspace.signer`.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT (or the SuperNode ended cleanly), 3 the SuperLink
-refused the node key (Flower exit code 305: not admitted, or revoked), 1 anything else.
+Exit codes (:class:`fl.cli_output.ExitCode`): 0 stopped by SIGTERM/SIGINT (or the SuperNode
+ended cleanly), 1 the SuperLink refused the node key (Flower exit code 305: not admitted,
+or revoked) or anything else failed.
 """
 
 from __future__ import annotations
@@ -47,34 +48,16 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from fl.signer.client import SignerClient, SignerError
-from fl.signer.settings import SignerPaths, count_rows
+from fl.config import ConfigError, FederationConfig
+from fl.signer.settings import count_rows
+from fl.workspace import Workspace
 from ledger import pki
-from ledger.formats import validate_id
 
-__all__ = ["ClientPaths", "ClientSpec", "ClientService", "EXIT_REFUSED", "free_port", "signer_supernode_command"]
+__all__ = ["ClientSpec", "ClientService", "EXIT_REFUSED", "client_spec", "free_port", "signer_supernode_command"]
 
 log = structlog.get_logger("fedledger.client.service")
-EXIT_REFUSED = 3
+EXIT_REFUSED = 1  # ExitCode.FAILED: the request (this node's key) was refused
 FLOWER_NOT_ACTIVATED = 305
-
-
-class ClientPaths:
-    """Everything an institution's service writes."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root = Path(root).resolve()
-        self.flwr_home = root / "flwr-home"
-        self.node_config = root / "node-config.toml"
-        self.node_key = root / "node-key.ssh"
-        self.supernode_log = root / "supernode.log"
-        self.service_log = root / "service.log"
-        self.pid_file = root / "client.pid"
-        self.state_file = root / "state.json"
-
-    @classmethod
-    def of(cls, workdir: Path, participant: str) -> ClientPaths:
-        """``<workdir>/clients/<participant>`` (the id is checked: no path tricks)."""
-        return cls(workdir / "clients" / validate_id(participant, "participant"))
 
 
 @dataclass(frozen=True)
@@ -90,7 +73,7 @@ class ClientSpec:
     runtime_port: int = 0  # 0: pick a free local port
     cert: Path | None = None  # when given, the key must match it
     signer: Path | None = None  # socket of a signer the institution runs; None: start one
-    config: Path | None = None  # federation file for a started signer (default <workdir>/federation.toml)
+    config: Path | None = None  # the federation file; a signer this service starts reads it
     max_num_examples: int | None = None  # declared to a started signer (default: rows of ``data``)
     signer_wait: float = 30.0  # seconds a started signer may take to serve
 
@@ -112,12 +95,39 @@ def signer_supernode_command(flower: list[str], socket_path: Path) -> list[str]:
     return [sys.executable, "-m", "fl.signer.supernode", "--signer-socket", str(socket_path.absolute()), *args]
 
 
+def client_spec(cfg: FederationConfig, config: Path, participant: str, *, data: Path | None = None,
+                key: Path | None = None, cert: Path | None = None, signer: Path | None = None,
+                superlink: str | None = None, root_certificates: Path | None = None,
+                runtime_port: int = 0) -> ClientSpec:
+    """What ``client start`` runs, from the federation file and the command's options.
+
+    Defaults: the participant's ``data`` in the file, its key and certificate in the
+    workspace, ``[deployment]``'s SuperLink address and the coordinator's TLS CA.
+    """
+    entry = next((p for p in cfg.participants if p.id == participant), None)
+    workspace = cfg.workspace
+    data_path = data or (entry.data if entry else None)
+    if data_path is None:
+        raise ConfigError(f"--data is required ({participant} has no data path in {config})")
+    if key is None and signer is None:
+        if entry is None:
+            raise ConfigError(f"--key or --signer is required ({participant} is not in {config})")
+        key = workspace.key(entry.msp_id, participant)
+    if cert is None and entry is not None and workspace.cert(entry.msp_id, participant).exists():
+        cert = workspace.cert(entry.msp_id, participant)
+    return ClientSpec(participant=participant, data=data_path, key=key if signer is None else None,
+                      superlink=superlink or cfg.deployment.superlink_address,
+                      root_certificates=root_certificates or workspace.coordinator.tls_ca,
+                      workdir=cfg.workdir, config=config, runtime_port=runtime_port, cert=cert, signer=signer)
+
+
 class ClientService:
     """Runs one SuperNode in the foreground until SIGTERM/SIGINT or until it exits."""
 
     def __init__(self, spec: ClientSpec) -> None:
         self.spec = spec
-        self.paths = ClientPaths.of(spec.workdir, spec.participant)
+        self.workspace = Workspace(spec.workdir)
+        self.paths = self.workspace.client(spec.participant)
         self._stop = threading.Event()
         self._state: dict[str, Any] = {}
         self._signer: subprocess.Popen[bytes] | None = None
@@ -133,21 +143,20 @@ class ClientService:
     def _signer_command(self) -> list[str]:
         """``fedledger signer start`` for this institution, as a child of this service."""
         spec = self.spec
-        config = spec.config or spec.workdir / "federation.toml"
-        if not config.exists():
-            raise FileNotFoundError(f"{config}: the node's signer needs the federation file "
-                                    "(or run `fedledger signer start` and give its socket)")
         if spec.key is None:
             raise ValueError("the node needs a key for its signer, or the socket of a running signer")
+        if spec.config is None:
+            raise ValueError("the node's signer needs the federation file (or run `fedledger signer start` "
+                             "and give its socket)")
         examples = spec.max_num_examples or count_rows(spec.data)
         command = [sys.executable, "-m", "fl.cli_signer", "start", "-p", spec.participant,
-                   "--config", str(config.resolve()), "--workdir", str(spec.workdir.resolve()),
+                   "--config", str(spec.config.resolve()),
                    "--key", str(spec.key.resolve()), "--max-examples", str(examples)]
         return command + (["--cert", str(spec.cert.resolve())] if spec.cert is not None else [])
 
     def _start_signer(self) -> tuple[subprocess.Popen[bytes], Path]:
         """Start this institution's signer and wait until its socket serves."""
-        signer_paths = SignerPaths.of(self.spec.workdir, self.spec.participant)
+        signer_paths = self.workspace.signer(self.spec.participant)
         signer_paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         signer_paths.state_file.unlink(missing_ok=True)
         proc = processes.spawn(self._signer_command(), env=dict(os.environ), log_path=signer_paths.service_log)

@@ -46,13 +46,12 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from fl.deploy.nodes import RoundBoundaryHold, apply_sync, plan_sync
-from fl.deploy.settings import DeploymentConfig
 from ledger.errors import LedgerError
 from ledger.factory import open_ledger
 from ledger.pki import write_tls_files
 from ledger.records import Identity
 
-__all__ = ["CoordinatorPaths", "CoordinatorService", "CoordinatorError", "wait_superlink_ready"]
+__all__ = ["CoordinatorService", "CoordinatorError", "wait_superlink_ready"]
 
 log = structlog.get_logger("fedledger.coordinator.service")
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
@@ -60,27 +59,6 @@ _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 class CoordinatorError(RuntimeError):
     """The coordinator service could not start or lost its SuperLink."""
-
-
-class CoordinatorPaths:
-    """Everything the coordinator service writes, under ``<workdir>/coordinator``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root = Path(root).resolve()
-        self.tls_dir = root / "tls"
-        self.flwr_home = root / "flwr-home"
-        self.superlink_db = root / "superlink.db"
-        self.superlink_log = root / "superlink.log"
-        self.run_log = root / "run.log"
-        self.run_config = root / "run-config.toml"
-        self.service_log = root / "service.log"
-        self.pid_file = root / "coordinator.pid"
-        self.state_file = root / "state.json"
-
-    @classmethod
-    def of(cls, cfg: FederationConfig) -> CoordinatorPaths:
-        """The coordinator directory of a federation."""
-        return cls(cfg.workdir / "coordinator")
 
 
 def wait_superlink_ready(address: str, ca_cert: Path, proc: subprocess.Popen[bytes] | None,
@@ -118,21 +96,18 @@ class CoordinatorService:
         self,
         cfg: FederationConfig,
         config_path: Path,
-        deploy: DeploymentConfig,
         identity: Identity,
         *,
-        rounds: int | None = None,
         start_run: bool = True,
         exit_after_run: bool = False,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path.resolve()
-        self.deploy = deploy
+        self.deploy = cfg.deployment
         self.identity = identity
-        self.rounds = rounds
         self.start_run = start_run
         self.exit_after_run = exit_after_run
-        self.paths = CoordinatorPaths.of(cfg)
+        self.paths = cfg.workspace.coordinator
         self._stop = threading.Event()
         self._state: dict[str, Any] = {}
         self._run_log_offset = 0
@@ -159,7 +134,7 @@ class CoordinatorService:
         if "workdir" in keys:
             values["workdir"] = str(self.cfg.workdir)
         if "num-server-rounds" in keys:
-            values["num-server-rounds"] = self.rounds or self.cfg.rounds
+            values["num-server-rounds"] = self.cfg.rounds
         return write_toml_config(self.paths.run_config, values) if values else None
 
     def sync_nodes(self, control: SuperLinkControl, ledger: Any, run_active: bool = False) -> dict[str, Any]:
@@ -185,7 +160,7 @@ class CoordinatorService:
         processes.claim_pid(self.paths.pid_file)
         self._update(service="coordinator", status="starting", pid=os.getpid(),
                      federation=self.cfg.id, address=self.deploy.superlink_address,
-                     rounds=self.rounds or self.cfg.rounds, started_at=time.time())
+                     rounds=self.cfg.rounds, started_at=time.time())
         superlink: subprocess.Popen[bytes] | None = None
         run: subprocess.Popen[bytes] | None = None
         control: SuperLinkControl | None = None
@@ -194,8 +169,7 @@ class CoordinatorService:
         try:
             tls = write_tls_files(self.paths.tls_dir, tuple(self.deploy.tls_hosts))
             write_flwr_config(self.paths.flwr_home, self.deploy.superlink_address, tls.ca_cert)
-            extra = {"FEDLEDGER_ROUNDS": str(self.rounds)} if self.rounds else None
-            env = service_env(self.paths.flwr_home, extra=extra)
+            env = service_env(self.paths.flwr_home)
             superlink = processes.spawn(
                 superlink_command(host=self.deploy.host, port=self.deploy.port,
                                   database=self.paths.superlink_db, ca_cert=tls.ca_cert,

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from fl.config import FederationConfig, write_config
+from fl.config import DeploymentConfig, FederationConfig, write_config
 from fl.kube.errors import RenderError
 from fl.kube.manifests import DUMPER, LOADER, apply_overlay, k8s_root, load_kustomization, load_yaml, overlay_dir, set_namespace
 from ledger.formats import ID_PATTERN
@@ -67,6 +67,7 @@ def federation_toml(cfg: FederationConfig, namespace: str = COORDINATOR_NAMESPAC
         "workdir": Path(WORKDIR),
         "metrics_port": METRICS_PORT,
         "participants": [p.model_copy(update={"data": None}) for p in cfg.participants],
+        "deployment": DeploymentConfig(),  # the pod's own table is appended below
     })
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "federation.toml"

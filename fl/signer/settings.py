@@ -1,6 +1,6 @@
 """Everything one institution's signer needs, built once at the edge (the CLI).
 
-Files under ``<workdir>/signers/<participant>/`` (directory 0700): ``run/signer.sock``
+Files: :meth:`fl.workspace.Workspace.signer` (directory 0700): ``run/signer.sock``
 (0600, in its own 0700 directory), ``journal.jsonl`` (0600, the hash-chained journal),
 ``signer.pid``, ``state.json``, ``service.log`` (when detached).
 """
@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fl.workspace import SignerFiles
 from ledger.errors import LedgerUnavailable
 from ledger.factory import LedgerConfig
-from ledger.formats import validate_id
 from ledger.identity import Credentials
 from ledger.pki import certificate_pem, load_certificate
 from ledger.records import Identity
@@ -21,21 +21,8 @@ from ledger.records import Identity
 __all__ = ["SignerPaths", "KeySource", "SignerSettings", "ledger_credentials", "count_rows"]
 
 
-class SignerPaths:
-    """Where a participant's signer keeps its socket, journal and process files."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root = Path(root).absolute()
-        self.socket = root / "run" / "signer.sock"
-        self.journal = root / "journal.jsonl"
-        self.pid_file = root / "signer.pid"
-        self.state_file = root / "state.json"
-        self.service_log = root / "service.log"
-
-    @classmethod
-    def of(cls, workdir: Path, participant: str) -> SignerPaths:
-        """``<workdir>/signers/<participant>`` (the id is checked: no path tricks)."""
-        return cls(Path(workdir) / "signers" / validate_id(participant, "participant"))
+# The signer's files are part of the workspace layout (one owner: fl.workspace).
+SignerPaths = SignerFiles
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,13 @@ def test_tampered_and_replayed_updates_are_rejected_and_the_rest_accepted(advers
 
 def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
     workdir, _ = adversarial
-    report = json.loads(fedledger("audit", "verify", "--workdir", str(workdir), "--json").stdout)
+    config = str(workdir / "federation.toml")
+    report = json.loads(fedledger("audit", "verify", "--config", config, "--json").stdout)
     assert report["ok"] is True and report["problems"] == []
     assert report["rounds"] == 3 and report["aggregates_recomputed"] == 3
     assert report["signatures_checked"] == 4  # 2 + 1 + 1 accepted updates
     assert report["rewards_recomputed"] == 3
-    issued = json.loads(fedledger("rewards", "issue", "--workdir", str(workdir), "--json").stdout)
+    issued = json.loads(fedledger("rewards", "issue", "--config", config, "--json").stdout)
     assert issued == []  # the demo issued them already: a second pass changes nothing
 
     with sqlite3.connect(workdir / "ledger.db") as db:
@@ -74,7 +75,7 @@ def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
         edited = bytes(value).replace(b'"wrong_round"', b'"duplicate"')
         assert edited != bytes(value)
         db.execute("UPDATE state SET value = ? WHERE key = ?", (edited, key))
-    proc = fedledger("audit", "verify", "--workdir", str(workdir), "--json", check=False)
+    proc = fedledger("audit", "verify", "--config", config, "--json", check=False)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["ok"] is False
@@ -92,7 +93,8 @@ def test_every_adversary_kind_is_rejected_with_its_reason_in_a_real_simulation(t
     assert last["accepted"] == ["bank-a"]
     assert {r["participant"]: r["reason"] for r in last["rejected"]} == {
         bank: EXPECTED_REASON[kind] for bank, kind in zip(banks, kinds)}
-    assert json.loads(fedledger("audit", "verify", "--workdir", str(tmp_path / "demo"), "--json").stdout)["ok"]
+    assert json.loads(fedledger("audit", "verify", "--config", str(tmp_path / "demo" / "federation.toml"),
+                                "--json").stdout)["ok"]
 
 
 def test_honest_demo_accuracy_rises_over_three_rounds(tmp_path):
@@ -105,7 +107,7 @@ def test_honest_demo_accuracy_rises_over_three_rounds(tmp_path):
 
 def test_demo_refuses_a_bad_adversary_and_a_foreign_workdir_with_one_line(tmp_path):
     proc = fedledger("demo", "--workdir", str(tmp_path / "d"), "--adversary", "bank-c:explode", check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "KIND" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "KIND" in proc.stderr
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
     proc = fedledger("demo", "--workdir", str(tmp_path / "mine"), check=False)
@@ -113,12 +115,14 @@ def test_demo_refuses_a_bad_adversary_and_a_foreign_workdir_with_one_line(tmp_pa
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
 
 
-def test_audit_of_a_missing_or_malformed_federation_file_names_the_file(tmp_path):
-    proc = fedledger("audit", "verify", "--workdir", str(tmp_path), check=False)
-    assert proc.returncode == 1 and str(tmp_path / "federation.toml") in proc.stderr
+def test_audit_of_a_missing_or_malformed_federation_file_names_the_file_and_exits_2(tmp_path):
+    config = str(tmp_path / "federation.toml")
+    proc = fedledger("audit", "verify", "--config", config, check=False)
+    assert proc.returncode == 2 and f"{config}: file not found" in proc.stderr
     (tmp_path / "federation.toml").write_text("[federation]\nrounds = 'many'\n")
-    proc = fedledger("audit", "verify", "--workdir", str(tmp_path), check=False)
-    assert proc.returncode == 1 and "federation.toml: rounds" in proc.stderr
+    proc = fedledger("audit", "verify", "--config", config, check=False)
+    assert proc.returncode == 2 and "federation.toml: federation.rounds: Input should be a valid integer" in proc.stderr
+    assert "federation.participants: Field required" in proc.stderr
 
 
 def test_broken_auditor_certificate_or_ledger_file_gives_one_line_errors(adversarial, tmp_path):
@@ -130,22 +134,25 @@ def test_broken_auditor_certificate_or_ledger_file_gives_one_line_errors(adversa
     cert = copy / "pki" / "AuditorMSP" / "auditor.crt"
     original = cert.read_bytes()
     cert.write_text("not a certificate\n")
-    proc = fedledger("audit", "verify", "--workdir", str(copy), check=False)
-    assert proc.returncode == 1 and str(cert) in proc.stderr and "Traceback" not in proc.stderr
+    # The copied file still names the original workspace: point a copy of it at the copy.
+    (copy / "federation.toml").write_text((copy / "federation.toml").read_text().replace(str(workdir), str(copy)))
+    proc = fedledger("audit", "verify", "--config", str(copy / "federation.toml"), check=False)
+    assert proc.returncode == 2 and str(cert) in proc.stderr and "Traceback" not in proc.stderr
     cert.write_bytes(original)
     (copy / "ledger.db").write_bytes(b"this is not a database" * 100)
     for suffix in ("-wal", "-shm"):
         (copy / f"ledger.db{suffix}").unlink(missing_ok=True)
-    proc = fedledger("audit", "verify", "--workdir", str(copy), check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+    proc = fedledger("audit", "verify", "--config", str(copy / "federation.toml"), check=False)
+    assert proc.returncode in (1, 3) and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
 
 
 def test_pinning_an_earlier_head_catches_a_rewritten_log(adversarial):
     workdir, _ = adversarial
-    report = json.loads(fedledger("audit", "verify", "--workdir", str(workdir), "--json", check=False).stdout)
+    config = str(workdir / "federation.toml")
+    report = json.loads(fedledger("audit", "verify", "--config", config, "--json", check=False).stdout)
     head = report["head"]
     assert head["block"] >= 16 and len(head["hash"]) == 64
-    proc = fedledger("audit", "verify", "--workdir", str(workdir), "--json", "--pin", f"{head['block']}:{'0' * 64}",
+    proc = fedledger("audit", "verify", "--config", config, "--json", "--pin", f"{head['block']}:{'0' * 64}",
                      check=False)
     assert proc.returncode == 1
     assert any(f"block {head['block']} hashes to {head['hash']}" in p for p in json.loads(proc.stdout)["problems"])
@@ -153,15 +160,18 @@ def test_pinning_an_earlier_head_catches_a_rewritten_log(adversarial):
 
 def test_report_writes_a_compliance_report_per_round(tmp_path):
     workdir = tmp_path / "demo"
-    fedledger("demo", "--workdir", str(workdir), "--rounds", "2", "--participants", "2", "--json")
-    proc = fedledger("report", "--workdir", str(workdir))
+    demo = json.loads(fedledger("demo", "--workdir", str(workdir), "--rounds", "2", "--participants", "2",
+                                "--json").stdout)
+    assert demo["config"] == str(workdir.resolve() / "federation.toml")  # what the follow-up commands take
+    config = str(workdir / "federation.toml")
+    proc = fedledger("report", "--config", config)
     assert "round 1: compliant" in proc.stdout and "round 2: compliant" in proc.stdout
     reports = sorted((workdir / "reports").iterdir())
     assert [p.name for p in reports] == ["round-0001.json", "round-0001.md", "round-0002.json", "round-0002.md"]
     assert json.loads(reports[2].read_text())["compliant"] is True
-    only = json.loads(fedledger("report", "--workdir", str(workdir), "--round", "2", "--json").stdout)
+    only = json.loads(fedledger("report", "--config", config, "--round", "2", "--json").stdout)
     assert [r["round"] for r in only] == [2]
-    assert fedledger("report", "--workdir", str(workdir), "--round", "9", check=False).returncode == 1
+    assert fedledger("report", "--config", config, "--round", "9", check=False).returncode == 4  # not found
 
 
 def test_data_split_writes_csvs_that_check_and_a_wrong_file_is_refused(tmp_path):

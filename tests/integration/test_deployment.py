@@ -29,10 +29,9 @@ from typing import Any
 import pytest
 
 from fl import onboarding
-from fl.config import FederationConfig, ParticipantConfig, TrainingConfig, msp_for, write_config
+from fl.config import DeploymentConfig, FederationConfig, ParticipantConfig, TrainingConfig, msp_for, project_root, write_config
 from fl.identities import adopt_network_cas, member_credentials
 from ledger import processes
-from fl.deploy.settings import project_root
 from fl.runtime import FLOWER_OFFLINE_ENV
 from ledger import pki
 from ledger.factory import open_ledger
@@ -79,15 +78,12 @@ class Deployment:
         self.pids: set[int] = set()
         self.runtime_ports: dict[str, int] = {}
         self.cfg: FederationConfig | None = None
-        self.deployment_toml = ""
 
     def write_config(self, **changes: Any) -> None:
-        """(Re)write the federation file: ``[federation]`` with ``changes``, then ``[deployment]``."""
+        """(Re)write the federation file (``[federation]`` and ``[deployment]``) with ``changes``."""
         assert self.cfg is not None
         self.cfg = self.cfg.model_copy(update=changes)
         write_config(self.cfg, self.config)
-        with self.config.open("a", encoding="utf-8") as fh:
-            fh.write(self.deployment_toml)
 
     def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run ``fedledger <args>`` as its own process."""
@@ -139,33 +135,32 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         ledger=request.param, fabric_profile=profile,
         training=TrainingConfig(local_epochs=1),
         participants=[ParticipantConfig(id=b, msp_id=msp_for(b), data=data / f"{b}.csv") for b in BANKS],
+        deployment=DeploymentConfig(host="127.0.0.1", port=_free_port(ports), sync_interval=1.0, app=APP),
     )
     dep.cfg = cfg
-    dep.deployment_toml = (f'\n[deployment]\nhost = "127.0.0.1"\nport = {_free_port(ports)}\n'
-                           f'sync_interval = 1.0\napp = {json.dumps(str(APP))}\n')
     dep.write_config()
     dep.runtime_ports = {b: _free_port(ports) for b in (*BANKS, "rogue")}
 
-    from fl import data as fl_data
+    from fl import demo_data
     from fl.deploy.federation import init_federation
 
-    fl_data.write_partitions_csv(fl_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
+    demo_data.write_partitions_csv(demo_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
                                  data, list(BANKS))
-    pki_dir = tmp_path / "pki"
+    ws = cfg.workspace
     # On Fabric participant certificates come from the network's org CAs and ledger
     # identities are the network's (its MSPs trust no other CA).
     if not adopt_network_cas(cfg, {p.msp_id for p in cfg.participants}):
-        pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
-        pki.demo_identity(pki_dir, "auditor", "AuditorMSP")
+        pki.demo_identity(ws.pki_root, "coordinator", cfg.coordinator_msp)
+        pki.demo_identity(ws.pki_root, "auditor", "AuditorMSP")
     coordinator = member_credentials(cfg, cfg.coordinator_msp, "coordinator")
     init_federation(cfg, coordinator)
     target = onboarding.LedgerTarget.from_config(cfg)
     for participant in cfg.participants:
-        pki.demo_identity(pki_dir, participant.id, participant.msp_id)
-        org = pki_dir / participant.msp_id
+        pki.demo_identity(ws.pki_root, participant.id, participant.msp_id)
         own = member_credentials(cfg, participant.msp_id, participant.id)
-        onboarding.register(target, own, participant.id, org / f"{participant.id}.crt",
-                            ca_cert_path=org / "ca" / "ca.crt", key_path=org / f"{participant.id}.key")
+        onboarding.register(target, own, participant.id, ws.cert(participant.msp_id, participant.id),
+                            ca_cert_path=ws.ca_cert(participant.msp_id),
+                            key_path=ws.key(participant.msp_id, participant.id))
         onboarding.admit(target, coordinator, participant.id)
     pki.keygen(tmp_path / "rogue", "rogue", "RogueMSP")  # a key no ledger entry vouches for
 
@@ -217,7 +212,7 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
     # A node whose key the ledger does not vouch for is refused at the transport.
     rogue = _start_client(dep, "rogue", "--key", str(dep.workdir / "rogue" / "rogue.key"),
                           "--data", str(dep.workdir / "data" / "bank-a.csv"))
-    assert rogue.returncode == 3, rogue.stderr
+    assert rogue.returncode == 1, rogue.stderr  # the request was refused
     assert "refused" in rogue.stderr
     assert "Exit Code: 305" in (dep.workdir / "clients" / "rogue" / "supernode.log").read_text()
 
@@ -234,7 +229,7 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
     assert first["status"] == "stopped" and first["run_status"] == "finished:completed", dep.coordinator_log()
 
     # Between the rounds the coordinator revokes bank-c on the ledger.
-    revoked = dep.cli_json("participant", "revoke", "bank-c", "--reason", "integration test")
+    revoked = dep.cli_json("participant", "revoke", "-p", "bank-c", "--reason", "integration test")
     assert revoked["status"] == "revoked"
 
     # Two institutions remain active: the quorum a round waits for shrinks with the
@@ -285,9 +280,9 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
 
     # The auditor, with its own identity, re-checks everything (on Fabric: block
     # inclusion, hash chain and orderer signatures too), and rewards are issued once.
-    issued = dep.cli_json("rewards", "issue", "--workdir", str(dep.workdir))
+    issued = dep.cli_json("rewards", "issue")  # the federation: FEDLEDGER_CONFIG
     assert [r["round"] for r in issued] == [1, 2]  # type: ignore[index]
-    audit = dep.cli_json("audit", "verify", "--workdir", str(dep.workdir))
+    audit = dep.cli_json("audit", "verify")
     assert audit["ok"], audit["problems"]
     assert audit["rounds"] == 2 and audit["aggregates_recomputed"] == 2
     assert audit["blocks_checked"] >= rounds[1].commit_tx.block_number  # type: ignore[union-attr]

@@ -221,7 +221,7 @@ def test_apply_says_when_the_cluster_cannot_be_reached(kube_cluster: ControlPlan
     kubeconfig = tmp_path / "closed.kubeconfig"
     kubeconfig.write_text(text)
     result = CliRunner().invoke(k8s_app, ["apply", "--config", str(config), "--kubeconfig", str(kubeconfig)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # unavailable
     assert "error: cannot reach the API server at https://127.0.0.1:1" in result.output
 
 

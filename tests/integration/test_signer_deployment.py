@@ -27,10 +27,9 @@ from typing import Any
 import pytest
 
 from fl import onboarding
-from fl.config import FederationConfig, ParticipantConfig, TrainingConfig
+from fl.config import DeploymentConfig, FederationConfig, ParticipantConfig, TrainingConfig
 from fl.identities import member_credentials
 from fl.signer.client import SignerClient, SignerRefused
-from fl.signer.settings import SignerPaths
 from ledger import pki, processes
 from ledger.factory import open_ledger
 from ledger.formats import Manifest
@@ -55,8 +54,8 @@ from fl.runtime import configure_logging
 a = json.loads(sys.argv[1])
 configure_logging(json_logs=True)
 spec = ClientSpec(participant=a["participant"], data=Path(a["data"]), key=None, superlink=a["superlink"],
-                  root_certificates=Path(a["roots"]), workdir=Path(a["workdir"]), runtime_port=a["port"],
-                  cert=Path(a["cert"]), signer=Path(a["signer"]))
+                  root_certificates=Path(a["roots"]), workdir=Path(a["workdir"]), config=Path(a["config"]),
+                  runtime_port=a["port"], cert=Path(a["cert"]), signer=Path(a["signer"]))
 sys.exit(ClientService(spec).serve())
 """
 
@@ -77,17 +76,17 @@ def federation(tmp_path: Path) -> Iterator[tuple[Deployment, dict[str, str]]]:
     cfg = FederationConfig(id=FED, rounds=2, workdir=tmp_path, ledger="embedded",
                            training=TrainingConfig(local_epochs=1),
                            participants=[ParticipantConfig(id=b, msp_id=MSPS[b], data=data / f"{b}.csv")
-                                         for b in BANKS])
+                                         for b in BANKS],
+                           deployment=DeploymentConfig(host="127.0.0.1", port=_free_port(ports), sync_interval=1.0,
+                                                       app=APP))
     dep.cfg = cfg
-    dep.deployment_toml = (f'\n[deployment]\nhost = "127.0.0.1"\nport = {_free_port(ports)}\n'
-                           f'sync_interval = 1.0\napp = {json.dumps(str(APP))}\n')
     dep.write_config()
     dep.runtime_ports = {b: _free_port(ports) for b in BANKS}
 
-    from fl import data as fl_data
+    from fl import demo_data
     from fl.deploy.federation import init_federation
 
-    fl_data.write_partitions_csv(fl_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
+    demo_data.write_partitions_csv(demo_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
                                  data, list(BANKS))
     # bank-a's token: only the signer's environment names it.
     hsm = tmp_path / "hsm"
@@ -101,26 +100,26 @@ def federation(tmp_path: Path) -> Iterator[tuple[Deployment, dict[str, str]]]:
     pin.write_text(PIN + "\n")
     pin.chmod(0o600)
 
-    pki_dir = tmp_path / "pki"
-    pki.demo_identity(pki_dir, "coordinator", cfg.coordinator_msp)
-    pki.demo_identity(pki_dir, "auditor", "AuditorMSP")
+    ws = cfg.workspace
+    pki.demo_identity(ws.pki_root, "coordinator", cfg.coordinator_msp)
+    pki.demo_identity(ws.pki_root, "auditor", "AuditorMSP")
     coordinator = member_credentials(cfg, cfg.coordinator_msp, "coordinator")
     init_federation(cfg, coordinator)
-    org_a = pki_dir / "BankAMSP"
-    pki.init_ca("BankAMSP").save(org_a / "ca")
+    org_a = ws.pki("BankAMSP")
+    pki.init_ca("BankAMSP").save(ws.ca_dir("BankAMSP"))
     keygen = subprocess.run([sys.executable, "-m", "fl.cli", "participant", "keygen", "-p", "bank-a", "--org",
                              "BankAMSP", "--out", str(org_a), "--pkcs11", str(SOFTHSM), "--token-label", "bank-a",
                              "--pin-file", str(pin), "--json"], cwd=tmp_path, env=hsm_env, capture_output=True,
                             text=True, timeout=120, check=False)
     assert keygen.returncode == 0, keygen.stderr
-    ca_a = pki.CertificateAuthority.load(org_a / "ca")
-    pki.write_public_file(org_a / "bank-a.crt", pki.certificate_pem(pki.sign_csr(ca_a, pki.load_csr(org_a / "bank-a.csr"))))
-    pki.demo_identity(pki_dir, "bank-b", "BankBMSP")
+    ca_a = pki.CertificateAuthority.load(ws.ca_dir("BankAMSP"))
+    pki.write_public_file(ws.cert("BankAMSP", "bank-a"),
+                          pki.certificate_pem(pki.sign_csr(ca_a, pki.load_csr(org_a / "bank-a.csr"))))
+    pki.demo_identity(ws.pki_root, "bank-b", "BankBMSP")
     target = onboarding.LedgerTarget.from_config(cfg)
     for bank in BANKS:
-        org = pki_dir / MSPS[bank]
         own = member_credentials(cfg, MSPS[bank], bank)
-        onboarding.register(target, own, bank, org / f"{bank}.crt", ca_cert_path=org / "ca" / "ca.crt")
+        onboarding.register(target, own, bank, ws.cert(MSPS[bank], bank), ca_cert_path=ws.ca_cert(MSPS[bank]))
         onboarding.admit(target, coordinator, bank)
 
     yield dep, {"pin": str(pin), "hsm_env_conf": str(conf)}
@@ -128,7 +127,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[Deployment, dict[str, str]]]:
     for bank in BANKS:
         dep.remember(dep.state("clients", bank))
         dep.cli("client", "stop", "-p", bank, timeout=60)
-    _signer_cli(dep, "stop", "-p", "bank-a", "--workdir", str(tmp_path))
+    _signer_cli(dep, "stop", "-p", "bank-a")
     dep.remember(dep.state("coordinator"))
     dep.cli("coordinator", "stop", timeout=60)
     for pid in sorted(dep.pids):
@@ -152,11 +151,12 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
 
     # bank-a's signer: its own process, the only one that logs in to the token.
     started = _signer_cli(dep, "start", "-p", "bank-a", "--pkcs11-module", str(SOFTHSM), "--token-label", "bank-a",
-                          "--pin-file", hsm["pin"], "--workdir", str(workdir), "--detach", "--json", env=hsm_env)
+                          "--pin-file", hsm["pin"], "--detach", "--json", env=hsm_env)
     assert started.returncode == 0, started.stderr + started.stdout
     signer_state = json.loads(started.stdout)
     dep.pids.add(int(signer_state["pid"]))
-    socket_path = SignerPaths.of(workdir, "bank-a").socket
+    ws = dep.cfg.workspace
+    socket_path = ws.signer("bank-a").socket
     assert signer_state["status"] == "running" and Path(signer_state["socket"]) == socket_path
 
     coordinator = dep.cli_json("coordinator", "start", "--detach", "--rounds", "2", "--exit-after-run")
@@ -166,9 +166,9 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
     # bank-a's node: given the socket, no key; the token's configuration is not in its env.
     node_env = {k: v for k, v in dep.env.items() if k != "SOFTHSM2_CONF"}
     args = {"participant": "bank-a", "data": str(workdir / "data" / "bank-a.csv"),
-            "superlink": coordinator["address"], "roots": str(workdir / "coordinator" / "tls" / "ca.crt"),
-            "workdir": str(workdir), "port": dep.runtime_ports["bank-a"],
-            "cert": str(workdir / "pki" / "BankAMSP" / "bank-a.crt"), "signer": str(socket_path)}
+            "superlink": coordinator["address"], "roots": str(ws.coordinator.tls_ca),
+            "workdir": str(workdir), "config": str(dep.config), "port": dep.runtime_ports["bank-a"],
+            "cert": str(ws.cert("BankAMSP", "bank-a")), "signer": str(socket_path)}
     node = processes.spawn([sys.executable, "-c", _NODE, json.dumps(args)], env=node_env,
                            log_path=workdir / "bank-a-node.log", cwd=workdir)
     dep.pids.add(node.pid)
@@ -181,10 +181,10 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
                         "bank-a's node to connect", lambda: processes.tail(workdir / "bank-a-node.log", 40))
     supernode = int(state_a["supernode_pid"])
     # What bank-a's node (and the ClientApps it spawns) has: a socket, no key, no token.
-    node_config = (workdir / "clients" / "bank-a" / "node-config.toml").read_text()
+    node_config = ws.client("bank-a").node_config.read_text()
     assert "signer" in node_config and "key" not in node_config
     assert not list(workdir.rglob("bank-a.key")) and not list(workdir.rglob("bank-a.ssh"))
-    assert not list((workdir / "clients" / "bank-a").rglob("*.ssh"))
+    assert not list(ws.client("bank-a").root.rglob("*.ssh"))
     cmdline = Path(f"/proc/{supernode}/cmdline").read_bytes().decode().split("\0")
     assert "--auth-supernode-private-key" not in cmdline
     assert "SOFTHSM2_CONF" not in _environ(supernode)
@@ -214,21 +214,21 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
     with pytest.raises(SignerRefused) as equivocation:
         SignerClient(socket_path).sign_manifest(forged_now.to_bytes().decode(), forged_now.update)
     assert equivocation.value.reason == "equivocation"
-    journal = [json.loads(line) for line in SignerPaths.of(workdir, "bank-a").journal.read_text().splitlines()]
+    journal = [json.loads(line) for line in ws.signer("bank-a").journal.read_text().splitlines()]
     assert [(e["decision"], e.get("reason")) for e in journal][-2:] == [("refused", "round_backwards"),
                                                                          ("refused", "equivocation")]
-    assert [e["round"] for e in journal if e["decision"] == "signed"] == [1, 2]
+    assert [e["round"] for e in journal if e["decision"] == "signed" and "kind" not in e] == [1, 2]  # updates
 
     # The journal's chain holds, and the journal and the ledger agree — for both banks.
-    verified = _signer_cli(dep, "verify-journal", "-p", "bank-a", "--workdir", str(workdir), "--json")
+    verified = _signer_cli(dep, "verify-journal", "-p", "bank-a", "--json")
     assert verified.returncode == 0 and json.loads(verified.stdout)["entries"] == len(journal)
     for bank in BANKS:
-        check = _signer_cli(dep, "check-ledger", "-p", bank, "--workdir", str(workdir), "--json")
+        check = _signer_cli(dep, "check-ledger", "-p", bank, "--json")
         report: dict[str, Any] = json.loads(check.stdout)
         assert check.returncode == 0 and report["ok"], report
         assert [(s["round"], s["status"]) for s in report["signed"]] == [(1, "accepted"), (2, "accepted")]
 
     # The auditor's own verification still holds.
-    audit = dep.cli_json("audit", "verify", "--workdir", str(workdir))
+    audit = dep.cli_json("audit", "verify")
     assert audit["ok"], audit["problems"]
     processes.stop(node.pid, proc=node, timeout=30)

@@ -27,7 +27,8 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from fl.deploy.nodes import Removal, RoundBoundaryHold, plan_sync
-from fl.deploy.settings import load_deployment
+from fl.deploy.services import detach, service_status, stop_service
+from fl.workspace import ClientFiles, Workspace
 from ledger import pki
 from ledger.records import Participant
 
@@ -332,26 +333,58 @@ def test_an_exited_but_unreaped_child_counts_as_dead() -> None:
 # --- settings ---------------------------------------------------------------------------
 
 
-def test_deployment_settings_come_from_the_file_then_env_then_flags(tmp_path: Path) -> None:
+_FEDERATION = ('[federation]\nid = "f"\nworkdir = "w"\n\n[[federation.participants]]\nid = "bank-a"\n'
+               'msp_id = "BankAMSP"\ndata = "bank-a.csv"\n')
+
+
+def test_a_client_spec_takes_data_key_certificate_superlink_and_tls_ca_from_the_file(tmp_path: Path) -> None:
+    from fl.config import load_config
+    from fl.deploy.client import client_spec
+
     path = tmp_path / "federation.toml"
-    path.write_text('[federation]\nid = "f"\n\n[deployment]\nport = 19100\nhost = "127.0.0.1"\napp = "app"\n')
+    path.write_text(_FEDERATION + '\n[deployment]\naddress = "link.example:9100"\n')
+    cfg = load_config(path)
+    cfg.workspace.cert("BankAMSP", "bank-a").parent.mkdir(parents=True)
+    cfg.workspace.cert("BankAMSP", "bank-a").write_text("certificate")
 
-    from_file = load_deployment(path, environ={})
-    from_env = load_deployment(path, environ={"FEDLEDGER_SUPERLINK_PORT": "19101"})
-    from_flag = load_deployment(path, environ={"FEDLEDGER_SUPERLINK_PORT": "19101"}, port=19102)
+    spec = client_spec(cfg, path, "bank-a")
 
-    assert from_file.superlink_address == "127.0.0.1:19100"
-    assert from_file.app_dir == tmp_path / "app"
-    assert from_env.port == 19101
-    assert from_flag.port == 19102
+    assert spec.data == tmp_path / "bank-a.csv" and spec.superlink == "link.example:9100"
+    assert spec.key == tmp_path / "w" / "pki" / "BankAMSP" / "bank-a.key"
+    assert spec.cert == tmp_path / "w" / "pki" / "BankAMSP" / "bank-a.crt"
+    assert spec.root_certificates == tmp_path / "w" / "coordinator" / "tls" / "ca.crt"
+    assert spec.workdir == tmp_path / "w" and spec.config == path
 
 
-def test_an_invalid_deployment_setting_names_the_file_and_field(tmp_path: Path) -> None:
+def test_a_client_spec_for_a_participant_the_file_lacks_needs_data_and_a_key(tmp_path: Path) -> None:
+    from fl.config import load_config
+    from fl.deploy.client import client_spec
+
     path = tmp_path / "federation.toml"
-    path.write_text("[deployment]\nport = 70000\n")
+    path.write_text(_FEDERATION)
+    cfg = load_config(path)
 
-    with pytest.raises(ConfigError, match=r"federation\.toml: deployment\.port"):
-        load_deployment(path, environ={})
+    with pytest.raises(ConfigError, match="--data is required"):
+        client_spec(cfg, path, "rogue")
+    with pytest.raises(ConfigError, match="--key or --signer is required"):
+        client_spec(cfg, path, "rogue", data=tmp_path / "x.csv")
+    assert client_spec(cfg, path, "rogue", data=tmp_path / "x.csv", signer=tmp_path / "s.sock").key is None
+
+
+def test_a_detached_service_that_exits_at_once_reports_failed_with_its_exit_code(tmp_path: Path) -> None:
+    files = ClientFiles(tmp_path / "svc")
+
+    pid, state = detach([sys.executable, "-c", "raise SystemExit(7)"], files, wait=10, ready=lambda s: True)
+
+    assert state["status"] == "failed" and state["exit_code"] == 7
+    assert service_status(files)["status"] == "never started" and not service_status(files)["alive"]
+
+
+def test_a_service_that_said_running_but_is_gone_reads_dead(tmp_path: Path) -> None:
+    files = Workspace(tmp_path).coordinator
+    processes.write_json_atomic(files.state_file, {"status": "running", "pid": 1})
+
+    assert service_status(files) == {"status": "dead", "pid": 1, "alive": False}
 
 
 def test_a_stale_pid_file_naming_a_reused_pid_is_never_signalled(tmp_path):
@@ -397,16 +430,15 @@ def test_stop_also_ends_children_a_hard_killed_service_left_behind(tmp_path):
     """The service died (SIGKILL); its recorded child still runs and is stopped by tag."""
     import subprocess as sp
 
-    from fl.cli_deploy import _stop
-
     orphan = sp.Popen(["sleep", "30"], start_new_session=True)
     stranger = sp.Popen(["sleep", "30"])
     try:
-        state = tmp_path / "state.json"
+        files = ClientFiles(tmp_path)
+        state = files.state_file
         stale = f"{stranger.pid}:{(processes.start_time(stranger.pid) or 0) + 7}"  # a reused pid
         processes.write_json_atomic(state, {"children": {"superlink": processes.tag(orphan.pid),
                                                          "run": stale}})
-        result = _stop(tmp_path / "svc.pid", state, timeout=5)
+        result = stop_service(files, timeout=5)
         assert result["was_running"] is False and list(result["orphans_stopped"]) == ["superlink"]
         assert orphan.wait(timeout=5) is not None
         assert stranger.poll() is None  # never signalled

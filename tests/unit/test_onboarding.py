@@ -130,11 +130,16 @@ def _json(result) -> dict:  # type: ignore[no-untyped-def]
     return json.loads(result.stdout)
 
 
+def _federation_file(tmp_path: Path) -> Path:
+    """The world's federation file: its workspace is ``tmp_path`` (ledger.db, pki/)."""
+    path = tmp_path / "federation.toml"
+    path.write_text(f'[federation]\nid = "{FED}"\nworkdir = "."\n\n'
+                    '[[federation.participants]]\nid = "bank-a"\nmsp_id = "BankAMSP"\n')
+    return path
+
+
 def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path: Path) -> None:
-    target, _, _, _ = world
-    common = ["--ledger", str(target.ledger.path), "--federation", FED]
-    coord = ["--msp-id", "CoordinatorMSP", "--identity-cert",
-             str(tmp_path / "pki" / "CoordinatorMSP" / "coordinator.crt")]
+    config = ["--config", str(_federation_file(tmp_path))]
 
     ca = _json(runner.invoke(participant_app, ["ca", "init", "--org", "BankBMSP", "--dir", str(tmp_path / "ca"), "--json"]))
     keys = _json(runner.invoke(participant_app, ["keygen", "-p", "bank-b", "--org", "BankBMSP",
@@ -143,9 +148,10 @@ def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path
                                                  str(tmp_path / "ca"), "--json"]))
     reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-b", "--cert", cert["cert"],
                                                 "--key", keys["key"], "--ca-cert", ca["cert"],
-                                                "--msp-id", "BankBMSP", *common, "--json"]))
-    adm = _json(runner.invoke(participant_app, ["admit", "bank-b", *common, *coord, "--json"]))
-    listed = _json(runner.invoke(participant_app, ["list", *common, *coord, "--json"]))
+                                                "--msp-id", "BankBMSP", *config, "--json"]))
+    # The coordinator's identity comes from the workspace the file names.
+    adm = _json(runner.invoke(participant_app, ["admit", "-p", "bank-b", *config, "--json"]))
+    listed = _json(runner.invoke(participant_app, ["list", *config, "--json"]))
 
     assert stat.S_IMODE(Path(keys["key"]).stat().st_mode) == 0o600
     assert cert["subject"] == "CN=bank-b,O=BankBMSP"
@@ -153,21 +159,35 @@ def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path
     assert [(p["id"], p["status"]) for p in listed["participants"]] == [("bank-b", "active")]
 
 
-def test_cli_failure_is_one_error_line_and_exit_1(world, tmp_path: Path) -> None:
-    target, _, _, bank_dir = world
+def test_cli_registration_defaults_to_the_workspace_certificate_of_the_files_participant(world, tmp_path: Path) -> None:
+    reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-a", "--config",
+                                                str(_federation_file(tmp_path)), "--json"]))
+
+    assert reg["msp_id"] == "BankAMSP" and reg["status"] == "pending"
+
+
+def test_cli_a_key_file_open_to_others_is_one_error_line_and_exit_2(world, tmp_path: Path) -> None:
+    _, _, _, bank_dir = world
     (bank_dir / "bank-a.key").chmod(0o644)
 
-    result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--cert", str(bank_dir / "bank-a.crt"),
-                                             "--key", str(bank_dir / "bank-a.key"), "--msp-id", "BankAMSP",
-                                             "--ledger", str(target.ledger.path), "--federation", FED])
+    result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--key", str(bank_dir / "bank-a.key"),
+                                             "--config", str(_federation_file(tmp_path))])
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ") and "too open" in result.stderr
+
+
+def test_cli_revoking_an_unknown_participant_is_refused_with_exit_4_and_a_json_error(world, tmp_path: Path) -> None:
+    result = runner.invoke(participant_app, ["revoke", "-p", "bank-z", "--config", str(_federation_file(tmp_path)),
+                                             "--json"])
+
+    assert result.exit_code == 4
+    assert json.loads(result.stdout) == {"error": result.stderr.removeprefix("error: ").strip(), "exit_code": 4}
 
 
 def test_cli_ledger_commands_without_a_federation_file_say_what_is_missing(tmp_path: Path) -> None:
     result = runner.invoke(participant_app, ["list", "--config", str(tmp_path / "nope.toml")])
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "nope.toml: file not found" in result.stderr

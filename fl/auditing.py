@@ -42,18 +42,50 @@ def open_as(cfg: FederationConfig, credentials: Callable[[FederationConfig], Cre
         ledger.close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class AuditRun:
-    """One audit: the federation, the report, and the round views when asked for."""
+    """One audit: the federation, the report, the round views, and what the auditor's own
+    federation file says about the recorded policy."""
 
     federation: str
     report: Any
     views: list[Any] = field(default_factory=list)
 
+    def policy_summary(self) -> dict[str, Any]:
+        """The recorded data schema, initial model and validation digests, and hold-out share."""
+        policy = self.report.policy
+        if policy is None:
+            return {}
+        return {"data_schema_digest": policy.data_schema_digest, "initial_model": policy.model,
+                "validation_digest": policy.validation_digest, "eval_fraction_ppm": policy.eval_fraction_ppm}
+
+    def evaluations(self) -> dict[int, dict[str, Any]]:
+        """Per round: each institution's signed hold-out metrics, whether the auditor verified
+        its signature, and the examples-weighted federated mean (all in millionths)."""
+        table: dict[int, dict[str, Any]] = {}
+        verified = self.report.evaluation_verified
+        for view in self.views:
+            if view.evaluation is None:
+                continue
+            per = {
+                e.participant: {"accuracy_ppm": e.accuracy_ppm, "auc_ppm": e.auc_ppm,
+                                "log_loss_ppm": e.log_loss_ppm, "examples": e.num_examples,
+                                "signature_verified": verified.get(view.round, {}).get(e.participant, False)}
+                for e in view.evaluation.accepted()
+            }
+            rejected = {e.participant: e.reason for e in view.evaluation.entries if e.status == "rejected"}
+            table[view.round] = {"institutions": per, "rejected": rejected, "mean": view.evaluation.mean_ppm()}
+        return table
+
 
 def run_audit(cfg: FederationConfig, pins: Sequence[str] = (), *, with_views: bool = False) -> AuditRun:
     """Audit the federation as its auditor: signatures, digests, aggregates, scores,
-    rewards and the ledger's integrity (``pins``: ``BLOCK:HASH`` of earlier heads)."""
+    rewards and the ledger's integrity (``pins``: ``BLOCK:HASH`` of earlier heads).
+
+    When the auditor's own federation file declares a data schema, the schema recorded in
+    the policy must be that one: otherwise the rounds were trained on data read in a way
+    this auditor never agreed to, and that is a problem of the audit.
+    """
     from ledger.artifacts import ArtifactStore
     from ledger.audit import audit_federation, backend_integrity
 
@@ -61,6 +93,11 @@ def run_audit(cfg: FederationConfig, pins: Sequence[str] = (), *, with_views: bo
         report = audit_federation(ledger, cfg.id, ArtifactStore(cfg.artifacts_path),
                                   backend_integrity(ledger, list(pins)))
         views = ledger.list_rounds(cfg.id) if with_views else []
+    policy = report.policy
+    if cfg.data is not None and policy is not None and policy.data_schema_digest != cfg.data.digest():
+        report.problems.append(
+            f"the ledger's data schema {policy.data_schema_digest} is not the one declared in this "
+            f"federation file ({cfg.data.digest()})")
     return AuditRun(cfg.id, report, views)
 
 

@@ -101,6 +101,10 @@ def demo(
     emit(as_json, summary, lambda: _print_demo(summary))
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _print_demo(summary: dict[str, Any]) -> None:
     where = summary["ledger"].get("path") or summary["ledger"].get("profile")
     console.print(f"[bold]federation[/] {summary['federation']}  ledger {summary['ledger']['backend']} ({where})")
@@ -109,17 +113,18 @@ def _print_demo(summary: dict[str, Any]) -> None:
                       f"admitted tx {line['admit_tx'][:12]}…")
     table = Table(title="audited rounds")
     for column in ("round", "accepted (score)", "rejected (reason)", "RecordRound tx", "CommitModel tx",
-                   "model", "accuracy"):
+                   "model", "validation accuracy", "federated AUC"):
         table.add_column(column)
     for r in summary["rounds"]:
         accepted = "\n".join(f"{p} ({r['scores'][p] / 1e6:+.3f})" for p in r["accepted"]) or "-"
         rejected = "\n".join(f"{x['participant']} ({x['reason']})" for x in r["rejected"]) or "-"
+        auc = (r.get("evaluation_mean") or {}).get("auc")
         table.add_row(str(r["round"]), accepted, rejected,
                       f"{r['record_tx'][:12]}… #{r['record_block']}",
                       f"{r['commit_tx'][:12]}… #{r['commit_block']}",
-                      f"{r['model'][:16]}…", f"{r['accuracy']:.4f}")
+                      f"{r['model'][:16]}…", _number(r.get("accuracy")), _number(auc))
     console.print(table)
-    console.print(f"accuracy {summary['initial_accuracy']:.4f} → {summary['final_accuracy']:.4f}")
+    console.print(f"validation accuracy {_number(summary['initial_accuracy'])} → {_number(summary['final_accuracy'])}")
     balances = ", ".join(f"{p} {b}" for p, b in summary["balances"].items())
     console.print(f"token balances after IssueRewards for every round: {balances}")
     console.print(f"verify it: ./run fedledger audit verify --config {summary['config']}")
@@ -131,23 +136,51 @@ def audit_verify(config: Path = ConfigOpt, pin: list[str] = PinOpt, as_json: boo
     from fl.auditing import run_audit
 
     with failures(as_json):
-        audit = run_audit(load(config), pin)
+        audit = run_audit(load(config), pin, with_views=True)
     report = audit.report
+    policy, evaluations = audit.policy_summary(), audit.evaluations()
 
     def human() -> None:
         status = "[green]OK[/]" if report.ok else "[red]FAILED[/]"
         console.print(f"{status} federation {audit.federation}: {report.rounds} rounds, {report.signatures_checked} "
                       f"signatures, {report.aggregates_recomputed} aggregates and "
-                      f"{report.scores_recomputed} score sets recomputed, {report.blocks_checked} blocks")
+                      f"{report.scores_recomputed} score sets recomputed, {report.evaluations_checked} signed "
+                      f"evaluations, {report.blocks_checked} blocks")
+        if policy:
+            console.print(f"  data schema {policy['data_schema_digest']}  validation file "
+                          f"{policy['validation_digest'] or '(none)'}")
         if report.head:
             console.print(f"  head block {report.head['block']} {report.head['hash']} (pin it: --pin "
                           f"{report.head['block']}:{report.head['hash']})")
+        if evaluations:
+            console.print(evaluation_table(evaluations))
         for problem in report.problems:
             console.print(f"  - {problem}")
 
-    emit(as_json, report.to_json(), human)
+    emit(as_json, {**report.to_json(), "policy": policy, "evaluations": evaluations}, human)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _ppm(value: int | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value / 1e6:.{digits}f}"
+
+
+def evaluation_table(evaluations: dict[int, dict[str, Any]]) -> Table:
+    """Federated evaluation per round and institution, as the auditor verified it."""
+    table = Table(title="federated evaluation (each institution's hold-out, signed)")
+    for column in ("round", "institution", "AUC", "accuracy", "log-loss", "examples", "signature"):
+        table.add_column(column)
+    for number, entry in sorted(evaluations.items()):
+        rows = [(p, m) for p, m in sorted(entry["institutions"].items())]
+        for participant, m in rows:
+            table.add_row(str(number), participant, _ppm(m["auc_ppm"]), _ppm(m["accuracy_ppm"]),
+                          _ppm(m["log_loss_ppm"]), str(m["examples"]),
+                          "verified" if m["signature_verified"] else "[red]NOT verified[/]")
+        mean = entry["mean"]
+        table.add_row(str(number), "[bold]federation (weighted)[/]", _ppm(mean["auc_ppm"]),
+                      _ppm(mean["accuracy_ppm"]), _ppm(mean["log_loss_ppm"]), str(mean["examples"]), "")
+    return table
 
 
 @audit_app.command("round")
@@ -216,7 +249,6 @@ def data_split(
     participants: int = typer.Option(3, min=1, max=26, help="Institutions bank-a, bank-b, …"),
     seed: int = typer.Option(7, help="Split seed (the federation's data_seed)."),
     alpha: float = typer.Option(0.5, help="Dirichlet label-skew concentration (smaller: more skewed)."),
-    config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Write a non-IID split of the bundled credit data as institution CSV files."""
@@ -239,27 +271,30 @@ def data_check(
     config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check a CSV against the federation's data schema; name every problem by row and column."""
-    from fl import data as fl_data
-    from fl import demo_data
+    """Check a CSV against the federation's [federation.data] schema; name every problem by row and column.
 
-    schema = demo_data.credit_schema()
-    check = fl_data.check_csv(path, schema)
+    Exit 0 when the file fits, 1 when it does not (every problem listed), 2 when the
+    federation file is malformed or declares no schema.
+    """
+    from fl import data as fl_data
+
+    with failures(as_json):
+        schema = load(config).schema
+        check = fl_data.check_csv(path, schema)
+        result: dict[str, Any] = {**check.as_dict(), "schema_digest": schema.digest()}
+        if check.ok:
+            X, y = fl_data.load_csv(path, schema)
+            result.update(features=int(X.shape[1]), positive_rate=float(y.mean()) if len(y) else 0.0)
+
+    def human() -> str:
+        if not check.ok:
+            return "\n".join(f"{path}: {problem.message}" for problem in check.problems)
+        return (f"{path}: {check.rows} rows fit the schema {schema.digest()[:16]}…; "
+                f"{result['features']} features after preprocessing, {result['positive_rate']:.1%} positive")
+
+    emit(as_json, result, human)
     if not check.ok:
-        if as_json:
-            emit(True, check.as_dict())
-        else:
-            for problem in check.problems:
-                typer.echo(f"{path}: {problem.message}", err=True)
-        fail(f"{path}: {len(check.problems)} problem(s); the file does not fit the schema", ExitCode.FAILED)
-    X, y = fl_data.load_csv(path, schema)
-    result = {"file": str(path), "rows": int(X.shape[0]), "features": int(X.shape[1]),
-              "positive_rate": float(y.mean()) if len(y) else 0.0, "schema_digest": schema.digest()}
-    if as_json:
-        emit(True, result)
-    else:
-        console.print(f"{path}: {result['rows']} rows, {result['features']} features after preprocessing, "
-                      f"{result['positive_rate']:.1%} positive; schema {result['schema_digest'][:16]}…")
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 @app.command()

@@ -153,12 +153,13 @@ def client_start(
     as_json: bool = JsonOpt,
 ) -> None:
     """Start this institution's SuperNode (TLS; authenticated by the institution key)."""
-    from fl.deploy.client import ClientService, client_spec
+    from fl.deploy.client import ClientService, check_data, client_spec
 
     with failures(as_json):
         cfg = load(config)
         spec = client_spec(cfg, config.resolve(), participant, data=data, key=key, cert=cert, signer=signer,
                            superlink=superlink, root_certificates=root_certificates, runtime_port=runtime_port)
+        check_data(spec)  # refused here, before anything starts, with every problem named
     files = cfg.workspace.client(participant)
     if detach:
         words = ["client", "start", "--participant", participant, "--config", str(config.resolve()),

@@ -78,7 +78,7 @@ _CODES: dict[str, ExitCode] = {
     "ledger.pki.KeyFileError": ExitCode.USAGE,
     "ledger.pki.CertificateError": ExitCode.USAGE,
     "ledger.formats.FormatError": ExitCode.USAGE,
-    "fl.data.DataFileError": ExitCode.USAGE,
+    "fl.data.DataMismatchError": ExitCode.FAILED,
     "fl.kube.errors.RenderError": ExitCode.USAGE,
     "pydantic_core._pydantic_core.ValidationError": ExitCode.USAGE,
     "builtins.FileNotFoundError": ExitCode.USAGE,

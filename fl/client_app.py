@@ -4,18 +4,25 @@ The signing mod is the outermost mod, so the signature covers exactly what leave
 institution (the demo alone adds adversary mods around and inside it). Who the
 participant is, how it signs and where its data is comes from a *resolver* of the
 Flower context: in deployment from the SuperNode's ``--node-config`` (``participant``,
-``data`` and ``signer``, the institution signer's Unix socket — never a key: this code
+``data``, ``config`` — the institution's own copy of the federation file, whose
+``[federation.data]`` and ``[federation.model]`` say how to read the CSV and what model
+to build — and ``signer``, the institution signer's Unix socket — never a key: this code
 is shipped by the coordinator, and the key stays with the institution's signer), in the
 demo's in-process simulation from the partition id (with a key object: one process,
 no institution boundary to keep).
+
+Every message from the coordinator names the digest of the data schema it trains under
+(``data-schema``); an institution whose own declared schema differs refuses it, so no
+model is trained or evaluated on data read under another schema.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,16 +30,17 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl import data as fl_data
-from fl import demo_data
 from fl import model as fl_model
 from fl import evaluation as fl_eval
 from fl.adversary import make_adversary_mods
+from fl.config import FederationConfig, load_config
+from fl.model_spec import ModelSpec
 from fl.records import to_arrays, to_record
 from fl.runtime import configure_logging
 from fl.signing import ManifestSigner, NoSigner, SignerSpec, key_signer, make_signing_mod, socket_signer
 from ledger.pki import load_private_key
 
-__all__ = ["ClientRuntime", "make_client_app", "node_config_resolver", "app"]
+__all__ = ["ClientRuntime", "SchemaMismatch", "make_client_app", "node_config_resolver", "app"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,18 @@ class ClientRuntime:
     load_data: Callable[[], tuple[np.ndarray, np.ndarray]]
     adversary: str | None = None
     signer: str | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    # Digest of the schema load_data reads under; messages naming another are refused.
+    schema_digest: str | None = None
+
+    def check_schema(self, config: Any) -> None:
+        """Refuse a message whose ``data-schema`` is not this institution's declared schema."""
+        wanted = config.get("data-schema") if hasattr(config, "get") else None
+        if self.schema_digest is not None and wanted is not None and str(wanted) != self.schema_digest:
+            raise SchemaMismatch(
+                f"{self.participant}: the coordinator's data schema {str(wanted)[:16]}… is not the one "
+                f"this institution declared ({self.schema_digest[:16]}…); nothing was trained"
+            )
 
     def manifest_signer(self) -> ManifestSigner:
         """How this participant signs; :class:`~fl.signing.NoSigner` when it cannot."""
@@ -56,6 +76,10 @@ class ClientRuntime:
         if self.key is not None:
             return key_signer(self.key)
         raise NoSigner(f"{self.participant}: the node config names no signer socket (`signer`)")
+
+
+class SchemaMismatch(ValueError):
+    """The coordinator asked for work under a data schema the institution did not declare."""
 
 
 Resolver = Callable[[Context], ClientRuntime]
@@ -84,10 +108,11 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
     def train(msg: Message, context: Context) -> Message:
         runtime = resolve(context)
         config = msg.content["config"]
+        runtime.check_schema(config)
         # Only the training part: the hold-out is kept for federated evaluation.
         X, y, _, _ = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))
         arrays = to_arrays(msg.content["arrays"])
-        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
+        model = fl_model.build_model(runtime.model, X.shape[1])
         fl_model.set_arrays(model, arrays)
         result = fl_model.train(
             model,
@@ -111,10 +136,11 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
         """Evaluate the committed global model on this institution's hold-out (signed by the mod)."""
         runtime = resolve(context)
         config = msg.content["config"]
+        runtime.check_schema(config)
         _, _, X, y = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))
         if len(y) == 0:
             raise ValueError("the local data has no hold-out rows to evaluate on")
-        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
+        model = fl_model.build_model(runtime.model, X.shape[1])
         fl_model.set_arrays(model, to_arrays(msg.content["arrays"]))
         result = fl_model.evaluate(model, X, y)
         metrics = fl_eval.metrics_ppm(result, y)
@@ -132,8 +158,13 @@ def _key(path: str) -> ec.EllipticCurvePrivateKey:
 
 
 @functools.lru_cache(maxsize=16)
-def _csv(path: str) -> tuple[np.ndarray, np.ndarray]:
-    return fl_data.load_csv(Path(path), demo_data.credit_schema())
+def _federation(path: str) -> FederationConfig:
+    return load_config(Path(path))
+
+
+@functools.lru_cache(maxsize=16)
+def _csv(path: str, config: str) -> tuple[np.ndarray, np.ndarray]:
+    return fl_data.load_csv(Path(path), _federation(config).schema)
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,7 +174,8 @@ def _service_logging() -> None:
 
 
 def node_config_resolver(context: Context) -> ClientRuntime:
-    """Deployment: the SuperNode's ``--node-config`` names participant, data and signer.
+    """Deployment: the SuperNode's ``--node-config`` names participant, data, the
+    institution's federation file and its signer.
 
     A ``key`` entry is never read: the ClientApp signs only through the signer socket.
     Without ``signer`` the node cannot sign, and a train reply fails (fail closed).
@@ -151,15 +183,18 @@ def node_config_resolver(context: Context) -> ClientRuntime:
     _service_logging()
     cfg = context.node_config
     try:
-        participant, data = str(cfg["participant"]), str(cfg["data"])
+        participant, data, config = str(cfg["participant"]), str(cfg["data"]), str(cfg["config"])
     except KeyError as exc:
-        raise ValueError(f"node config lacks {exc.args[0]!r} (participant, data, signer)") from exc
+        raise ValueError(f"node config lacks {exc.args[0]!r} (participant, data, config, signer)") from exc
+    federation = _federation(config)
     signer = cfg.get("signer")
     return ClientRuntime(
         participant=participant,
         key=None,
-        load_data=functools.partial(_csv, data),
+        load_data=functools.partial(_csv, data, config),
         signer=str(signer) if signer else None,
+        model=federation.model,
+        schema_digest=federation.schema.digest(),
     )
 
 

@@ -7,8 +7,15 @@ The file has two tables, both read by :func:`load_config` into one frozen
     workdir = "work"             the workspace (relative paths: to this file's folder)
     ledger = "embedded"          or "fabric" with fabric_profile = "<connection.json>"
 
+    validation = "valid.csv"     optional: the coordinator's own validation file
+    eval_fraction = 0.2          share of each institution's rows kept as its hold-out
+
+    [federation.data]            the data schema every institution's CSV must fit:
+    target = "deny"              target column, positive_label, negative_label,
+    [[federation.data.features]] each feature's type, missing-value rule and constants
+    [federation.model]           kind = "mlp" (hidden = [32]) or "logistic"; seed
     [federation.training]        local training settings sent to every participant
-    [[federation.participants]]  id, msp_id, data
+    [[federation.participants]]  id, msp_id, data (the institution's own CSV, on its side)
 
     [deployment]                 optional: where the coordinator's SuperLink listens
     host = "127.0.0.1"           bind host
@@ -30,6 +37,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fl.data import DataSchema
+from fl.model_spec import ModelSpec
 from fl.workspace import Workspace
 from ledger.factory import LedgerConfig
 from ledger.formats import ID_PATTERN
@@ -146,6 +155,13 @@ class FederationConfig(_Model):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Participants that must be connected before a round starts (default: all of them).
     min_participants: int | None = Field(default=None, ge=1)
+    # The data every institution trains on, declared once: its digest is on the ledger.
+    data: DataSchema | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    # The coordinator's own validation CSV (its digest goes into the policy); optional.
+    validation: Path | None = None
+    # Share of each institution's rows it keeps as a hold-out for federated evaluation.
+    eval_fraction: float = Field(default=0.2, ge=0, le=0.9)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     participants: list[ParticipantConfig] = Field(min_length=1)
     # The file's [deployment] table (not part of [federation]).
@@ -169,6 +185,16 @@ class FederationConfig(_Model):
         if len(set(ids)) != len(ids):
             raise ValueError("participant ids must be unique")
         return value
+
+    @property
+    def schema(self) -> DataSchema:
+        """The declared data schema; ConfigError when the file declares none."""
+        if self.data is None:
+            raise ConfigError(
+                f"federation {self.id} declares no data schema: add a [federation.data] table "
+                "(target, positive_label, negative_label and [[federation.data.features]])"
+            )
+        return self.data
 
     @property
     def quorum(self) -> int:
@@ -273,7 +299,7 @@ def load_config(path: Path) -> FederationConfig:
         raise ConfigError(f"{path}: deployment: must be a table")
     base = path.parent.absolute()
     merged: dict[str, Any] = dict(federation)
-    for key in ("workdir", "fabric_profile"):
+    for key in ("workdir", "fabric_profile", "validation"):
         merged[key] = _relative_to(base, merged.get(key))
         if merged[key] is None:
             del merged[key]
@@ -326,7 +352,13 @@ def write_config(config: FederationConfig, path: Path) -> None:
     lines.append(f"workdir = {_toml(str(config.workdir))}")
     if config.fabric_profile is not None:
         lines.append(f"fabric_profile = {_toml(str(config.fabric_profile))}")
+    if config.validation is not None:
+        lines.append(f"validation = {_toml(str(config.validation))}")
+    lines.append(f"eval_fraction = {_toml(config.eval_fraction)}")
     lines.append(f"auditor_msps = {_toml(config.auditor_msps)}")
+    if config.data is not None:
+        lines.extend(_table("federation.data", config.data.model_dump(mode="json", exclude_none=True)))
+    lines.extend(_table("federation.model", config.model.model_dump(mode="json")))
     lines.append("")
     lines.append("[federation.training]")
     for key, value in config.training.model_dump().items():
@@ -345,6 +377,21 @@ def write_config(config: FederationConfig, path: Path) -> None:
             lines.append(f"{key} = {_toml(str(value) if isinstance(value, Path) else value)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _table(name: str, table: dict[str, Any]) -> list[str]:
+    """``[name]`` with its scalar and list keys, then its arrays of tables ``[[name.key]]``."""
+    def is_tables(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+    lines = ["", f"[{name}]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in table.items() if not is_tables(value)]
+    for key, value in table.items():
+        if is_tables(value):
+            for item in value:
+                lines += ["", f"[[{name}.{key}]]"]
+                lines += [f"{k} = {_toml(v)}" for k, v in item.items()]
+    return lines
 
 
 def _toml(value: Any) -> str:

@@ -9,6 +9,7 @@ the federation file, the PKI, the ledger, the artifact store and the round log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import shutil
@@ -19,7 +20,9 @@ from typing import Any
 
 import structlog
 
+from fl import data as fl_data
 from fl import demo_data
+from fl.data import DataSchema
 from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
 from fl.identities import CredentialsError, adopt_network_cas, member_credentials
 from fl.server_app import CoordinatorRun, federation_policy
@@ -107,13 +110,15 @@ def _fresh_workdir(workdir: Path) -> None:
 
 
 def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
-    """Identities, federation, registration by each institution, admission.
+    """The banks' data files, identities, federation, registration by each institution,
+    admission.
 
     On the embedded ledger every organisation gets a demo CA and its members demo
     certificates; on Fabric the ledger identities are the network's and participant
     signing certificates are issued by the network's org CAs. Returns one onboarding
     line per participant (register and admit tx ids).
     """
+    write_demo_data(cfg)
     pki = cfg.workspace.pki_root
     try:
         network_identities = adopt_network_cas(cfg, {p.msp_id for p in cfg.participants})
@@ -147,16 +152,30 @@ def demo_config(
     workdir: Path, rounds: int, participants: int, federation: str = "demo-fed",
     *, ledger: str = "embedded", fabric_profile: Path | None = None,
 ) -> FederationConfig:
-    """The demo's federation: ``participants`` banks on credit data, on the chosen ledger."""
+    """The demo's federation: ``participants`` banks on credit data, on the chosen ledger.
+
+    It is declared like any federation: the credit schema in ``[federation.data]``, one
+    CSV per bank under ``WORKDIR/data`` and the coordinator's validation file
+    ``data/test.csv`` (written by :func:`write_demo_data`).
+    """
     ids = default_participants(participants)
+    data = workdir.resolve() / "data"
     return FederationConfig(
         id=federation,
         rounds=rounds,
         workdir=workdir.resolve(),
         ledger=ledger,  # type: ignore[arg-type]
         fabric_profile=fabric_profile.resolve() if fabric_profile else None,
-        participants=[ParticipantConfig(id=p, msp_id=msp_for(p)) for p in ids],
+        data=demo_data.credit_schema(),
+        validation=data / "test.csv",
+        participants=[ParticipantConfig(id=p, msp_id=msp_for(p), data=data / f"{p}.csv") for p in ids],
     )
+
+
+def write_demo_data(cfg: FederationConfig) -> None:
+    """Each bank's CSV (a non-IID split of the bundled credit data) and the validation file."""
+    split = demo_data.partition_credit(len(cfg.participants), cfg.data_seed, cfg.dirichlet_alpha)
+    demo_data.write_partitions_csv(split, cfg.workdir / "data", cfg.participant_ids())
 
 
 def run_demo(
@@ -241,19 +260,23 @@ class SimulationResolver:
         self.adversaries = adversaries
 
     def __call__(self, context: Any) -> Any:
-        import functools
-
         from fl.client_app import ClientRuntime, _key
 
         index = int(context.node_config["partition-id"])
         participant = self.cfg.participants[index]
         key_path = self.cfg.workspace.key(participant.msp_id, participant.id)
+        assert participant.data is not None  # demo_config names every bank's file
         return ClientRuntime(
             participant=participant.id,
             key=_key(str(key_path)),
-            load_data=functools.partial(
-                demo_data.load_partition, index, len(self.cfg.participants), self.cfg.data_seed,
-                alpha=self.cfg.dirichlet_alpha,
-            ),
+            load_data=functools.partial(_load_csv, str(participant.data), self.cfg.schema),
             adversary=self.adversaries.get(participant.id),
+            model=self.cfg.model,
+            schema_digest=self.cfg.schema.digest(),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _load_csv(path: str, schema: DataSchema) -> tuple[Any, Any]:
+    # Cached: simulated institutions share one process, and each message would re-read it.
+    return fl_data.load_csv(Path(path), schema)

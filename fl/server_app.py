@@ -16,9 +16,9 @@ import structlog
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl import demo_data
+from fl import data as fl_data
 from fl import model as fl_model
-from fl.config import FederationConfig, load_config, override
+from fl.config import ConfigError, FederationConfig, load_config, override
 from fl.deploy.binding import NodeDirectory
 from fl.metrics import CoordinatorMetrics, chain
 from fl.records import to_record
@@ -29,7 +29,7 @@ from ledger.artifacts import ArtifactStore
 from ledger.factory import open_ledger
 from fl.identities import member_credentials
 from ledger.identity import Credentials
-from ledger.formats import update_digest
+from ledger.formats import PPM, sha256_hex, update_digest
 from ledger.records import FederationPolicy, Identity, ScorerSpec
 
 __all__ = [
@@ -37,7 +37,9 @@ __all__ = [
     "coordinator_identity",
     "federation_policy",
     "identity_paths",
+    "check_policy",
     "initial_model",
+    "validation_digest",
     "make_server_app",
     "run_coordinator",
     "app",
@@ -57,30 +59,64 @@ def coordinator_identity(cfg: FederationConfig) -> Credentials:
 
 
 def initial_model(cfg: FederationConfig) -> dict[str, np.ndarray]:
-    """The federation's deterministic initial global model."""
-    return fl_model.initial_arrays(
-        fl_model.ModelSpec(seed=cfg.training.seed), demo_data.credit_schema().n_features
-    )
+    """The federation's deterministic initial global model: its declared model over its
+    declared data (the input width is the schema's encoded feature count)."""
+    return fl_model.initial_arrays(cfg.model, cfg.schema.n_features)
+
+
+def validation_digest(cfg: FederationConfig) -> str | None:
+    """SHA-256 of the coordinator's validation file, or None when it has none."""
+    if cfg.validation is None:
+        return None
+    try:
+        return sha256_hex(Path(cfg.validation).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"validation file {cfg.validation}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def federation_policy(cfg: FederationConfig) -> FederationPolicy:
-    """The policy a federation is created with: auditors, budget, scorer, aggregation,
-    and the digests of the data schema and of the initial model (both on the ledger)."""
+    """The policy a federation is created with: auditors, budget, scorer, aggregation, the
+    digests of the data schema, of the initial model and of the coordinator's validation
+    file, and the hold-out share of federated evaluation (all on the ledger)."""
     return FederationPolicy(
         auditor_msps=list(cfg.auditor_msps),
         reward_budget=cfg.reward_budget,
         scorer=ScorerSpec(name="cosine"),
         aggregation="fedavg",
-        data_schema_digest=demo_data.credit_schema().digest(),
+        data_schema_digest=cfg.schema.digest(),
         model=update_digest(initial_model(cfg)),
+        validation_digest=validation_digest(cfg),
+        eval_fraction_ppm=round(cfg.eval_fraction * PPM),
     )
 
 
-def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
-    X, y = demo_data.load_test(len(cfg.participants), cfg.data_seed, alpha=cfg.dirichlet_alpha)
+def check_policy(cfg: FederationConfig, policy: FederationPolicy) -> None:
+    """Refuse to run when the federation file no longer declares what the ledger recorded.
+
+    The schema, the initial model and the validation file are fixed when the federation
+    is created; a coordinator whose file drifted would train on, or evaluate against,
+    something other than what auditors and institutions agreed to.
+    """
+    problems = []
+    if policy.data_schema_digest != cfg.schema.digest():
+        problems.append(f"[federation.data] has digest {cfg.schema.digest()[:16]}…, the ledger's policy "
+                        f"{(policy.data_schema_digest or 'none')[:16]}…")
+    if policy.model and policy.model != update_digest(initial_model(cfg)):
+        problems.append("[federation.model] gives another initial model than the ledger's policy")
+    if policy.validation_digest != validation_digest(cfg):
+        problems.append(f"the validation file {cfg.validation} is not the one whose digest is in the policy")
+    if problems:
+        raise ConfigError(f"federation {cfg.id}: " + "; ".join(problems))
+
+
+def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]] | None:
+    """The coordinator's own evaluation on its validation file (None without one)."""
+    if cfg.validation is None:
+        return None
+    X, y = fl_data.load_csv(cfg.validation, cfg.schema)
 
     def evaluate(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
+        model = fl_model.build_model(cfg.model, X.shape[1])
         fl_model.set_arrays(model, arrays)
         result = fl_model.evaluate(model, X, y)
         return {"accuracy": float(result["accuracy"]), "auc": float(result["auc"]),
@@ -112,9 +148,10 @@ def run_coordinator(
     try:
         artifacts = ArtifactStore(cfg.artifacts_path)
         policy = ledger.get_federation(cfg.id).policy
+        check_policy(cfg, policy)
         state = resume(ledger, cfg.id, artifacts, initial_model(cfg))
         evaluate = _evaluator(cfg)
-        initial_metrics = evaluate(dict(state.arrays))
+        initial_metrics = evaluate(dict(state.arrays)) if evaluate is not None else {}
         remaining = cfg.rounds - state.completed
         on_round = append_jsonl(cfg.rounds_log)
         if cfg.metrics_port is not None:
@@ -135,6 +172,7 @@ def run_coordinator(
                 "learning-rate": cfg.training.learning_rate,
                 "batch-size": cfg.training.batch_size,
                 "seed": cfg.training.seed,
+                "data-schema": cfg.schema.digest(),
             },
             round_offset=state.completed,
             expected_nodes=cfg.quorum,

@@ -337,6 +337,7 @@ class AuditedFedAvg(FedAvg):
             EVAL_FRACTION_KEY: self.eval_fraction_ppm(pending.round) / PPM,
             "seed": self.train_settings.get("seed", 0),
             "server-round": server_round,
+            **({"data-schema": self.train_settings["data-schema"]} if "data-schema" in self.train_settings else {}),
         })
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: content})
         log.info("evaluation_sent", round=pending.round, model=pending.model, nodes=len(self._sent_ids))

@@ -48,12 +48,15 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from fl.signer.client import SignerClient, SignerError
-from fl.config import ConfigError, FederationConfig
+from fl import data as fl_data
+from fl.config import ConfigError, FederationConfig, load_config
+from fl.data import DataCheck
 from fl.signer.settings import count_rows
 from fl.workspace import Workspace
 from ledger import pki
 
-__all__ = ["ClientSpec", "ClientService", "EXIT_REFUSED", "client_spec", "free_port", "signer_supernode_command"]
+__all__ = ["ClientSpec", "ClientService", "EXIT_REFUSED", "check_data", "client_spec", "free_port",
+           "signer_supernode_command"]
 
 log = structlog.get_logger("fedledger.client.service")
 EXIT_REFUSED = 1  # ExitCode.FAILED: the request (this node's key) was refused
@@ -73,9 +76,24 @@ class ClientSpec:
     runtime_port: int = 0  # 0: pick a free local port
     cert: Path | None = None  # when given, the key must match it
     signer: Path | None = None  # socket of a signer the institution runs; None: start one
-    config: Path | None = None  # the federation file; a signer this service starts reads it
+    config: Path | None = None  # the federation file: its schema checks ``data``; a started signer reads it
     max_num_examples: int | None = None  # declared to a started signer (default: rows of ``data``)
     signer_wait: float = 30.0  # seconds a started signer may take to serve
+
+
+def check_data(spec: ClientSpec) -> DataCheck:
+    """The institution's data file checked against the federation's declared schema.
+
+    A node does not start on a file that fails: it would train on something other than
+    what the federation agreed. Raises :class:`~fl.data.DataFileError` naming every
+    problem (row and column), or ConfigError when the federation declares no schema.
+    """
+    if spec.config is None:
+        raise ConfigError(f"{spec.participant}: the federation file is needed to check the data against its schema")
+    check = fl_data.check_csv(spec.data, load_config(spec.config).schema)
+    if not check.ok:
+        raise fl_data.DataFileError(spec.data, check.problems)
+    return check
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -184,10 +202,10 @@ class ClientService:
             raise pki.CertificateError(f"{self.spec.cert}: the signer's key is not this certificate's key")
 
     def prepare(self) -> tuple[list[str], dict[str, str]]:
-        """Start (or check) the signer, write the node config; the SuperNode argv + env."""
+        """Check the data, start (or check) the signer, write the node config; the
+        SuperNode argv + env."""
         spec = self.spec
-        if not spec.data.exists():
-            raise FileNotFoundError(f"{spec.data}: data file does not exist")
+        check_data(spec)
         if not spec.root_certificates.exists():
             raise FileNotFoundError(f"{spec.root_certificates}: the SuperLink's TLS CA certificate does not exist")
         socket_path = spec.signer if spec.signer is not None else self._start_signer()[1]
@@ -195,6 +213,7 @@ class ClientService:
         write_toml_config(self.paths.node_config, {
             "participant": spec.participant,
             "data": str(spec.data.resolve()),
+            "config": str(spec.config.resolve()),
             "signer": str(socket_path.absolute()),
         })
         port = spec.runtime_port or free_port()

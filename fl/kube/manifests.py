@@ -27,7 +27,18 @@ __all__ = ["LOADER", "DUMPER", "k8s_root", "load_yaml", "load_kustomization", "a
 Obj = dict[str, Any]
 # libyaml's loader when PyYAML was built with it (10× faster; same results).
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_BASE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class DUMPER(_BASE_DUMPER):  # type: ignore[misc, valid-type]
+    """The safe dumper, writing multi-line strings (embedded files) as literal blocks."""
+
+
+def _str(dumper: Any, value: str) -> Any:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+DUMPER.add_representer(str, _str)
 _MERGE_KEYS = {
     "containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
     "ports": "name", "volumeMounts": "mountPath", "volumeClaimTemplates": None,

@@ -7,8 +7,12 @@ the federation decides: the coordinator's ``federation.toml`` ConfigMap (with th
 checksum annotation that rolls the pod when the file changes, and one institution
 component per participant — the ``base/institution`` folder with ``bank-a`` replaced by
 the participant's id (ids are checked against the ledger's id pattern, so the
-replacement can only hit the id). The operator renders its children with the same
-functions, so a Federation object and ``fedledger k8s render`` yield the same coordinator.
+replacement can only hit the id), and its ``institution-federation`` ConfigMap: the
+federation file the institution's node reads (the declared data schema and model, the
+institution's own entry, the SuperLink address). The operator renders its children with
+the same functions, so a Federation object and ``fedledger k8s render`` yield the same
+coordinator; for an Institution object the institution provides that ConfigMap itself,
+as it provides its key Secret and data volume.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "coordinator_objects",
     "institution_objects",
     "federation_toml",
+    "institution_toml",
     "sample_config",
     "to_yaml",
     "pod_templates",
@@ -48,6 +53,7 @@ COORDINATOR_NAMESPACE = "fedledger"
 FLEET_PORT = 9092
 METRICS_PORT = 9464  # the ServerApp's /metrics on the pod's loopback; the relay exposes it
 WORKDIR = "/var/lib/fedledger"
+INSTITUTION_CONFIGMAP = "institution-federation"
 _CONFIG_ANNOTATION = "fedledger.io/config-sha256"
 _ORDER = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "Role", "RoleBinding", "ConfigMap",
           "Service", "PersistentVolumeClaim", "NetworkPolicy", "StatefulSet", "Deployment",
@@ -83,6 +89,25 @@ def federation_toml(cfg: FederationConfig, namespace: str = COORDINATOR_NAMESPAC
         "tls_hosts = [" + ", ".join(f'"{h}"' for h in hosts) + "]\n"
         "sync_interval = 2.0\n"
     )
+
+
+def institution_toml(cfg: FederationConfig, participant: str, superlink: str) -> str:
+    """An institution pod's federation file: the federation as agreed (schema, model,
+    training) with the pod's workdir, only this institution's entry (its data path is
+    the node's ``--data``), and the SuperLink it dials."""
+    pod_cfg = cfg.model_copy(update={
+        "workdir": Path(WORKDIR),
+        "metrics_port": None,
+        "validation": None,
+        "participants": [p.model_copy(update={"data": None}) for p in cfg.participants if p.id == participant],
+        "deployment": DeploymentConfig(address=superlink),
+    })
+    if not pod_cfg.participants:
+        raise RenderError(f"participant {participant!r} is not in federation {cfg.id}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "federation.toml"
+        write_config(pod_cfg, path)
+        return path.read_text(encoding="utf-8")
 
 
 def sample_config() -> FederationConfig:
@@ -134,22 +159,27 @@ def _set_image(obj: Obj, image: str | None) -> None:
             container["image"] = image
 
 
-def institution_objects(participant: str, *, namespace: str | None = None, superlink: str | None = None,
-                        image: str | None = None, key_secret: str | None = None, ca_secret: str | None = None,
-                        data_claim: str | None = None, data_file: str | None = None,
+def institution_objects(participant: str, *, cfg: FederationConfig | None = None, namespace: str | None = None,
+                        superlink: str | None = None, image: str | None = None, key_secret: str | None = None,
+                        ca_secret: str | None = None, data_claim: str | None = None, data_file: str | None = None,
                         with_namespace: bool = True) -> list[Obj]:
     """One institution's component: ``base/institution`` for ``participant``, by default
-    in namespace ``fedledger-<participant>``."""
+    in namespace ``fedledger-<participant>``, with ``cfg``'s federation file (default:
+    the sample federation's). Without ``with_namespace`` (the operator) the namespace,
+    the data claim and the federation ConfigMap are the institution's own, not rendered."""
     if ID_PATTERN.fullmatch(participant) is None:
         raise RenderError(f"participant id {participant!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
     folder = k8s_root() / "base" / "institution"
     text = yaml.dump_all(load_kustomization(folder), Dumper=DUMPER, sort_keys=False)
     objects = [o for o in yaml.load_all(text.replace(SAMPLE_PARTICIPANT, participant), Loader=LOADER) if o]
     if not with_namespace:
-        objects = [o for o in objects if o["kind"] not in ("Namespace", "PersistentVolumeClaim")]
+        objects = [o for o in objects if o["kind"] not in ("Namespace", "PersistentVolumeClaim", "ConfigMap")]
     for obj in objects:
         if namespace:
             set_namespace(obj, namespace)
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == INSTITUTION_CONFIGMAP:
+            obj["data"]["federation.toml"] = institution_toml(
+                cfg or sample_config(), participant, superlink or fleet_address(COORDINATOR_NAMESPACE))
         if obj["kind"] != "Deployment":
             continue
         _set_image(obj, image)
@@ -183,7 +213,7 @@ def render(cfg: FederationConfig, overlay: str | None = None) -> list[Obj]:
     objects = load_kustomization(base, skip=("coordinator", "institution", "institutions"))
     objects += coordinator_objects(cfg)
     for participant in cfg.participants:
-        objects += institution_objects(participant.id)
+        objects += institution_objects(participant.id, cfg=cfg)
     if overlay:
         objects = apply_overlay(objects, overlay_dir(overlay))
     return sorted(objects, key=_sort_key)

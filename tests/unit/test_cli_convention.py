@@ -23,7 +23,8 @@ FEDERATION = '[federation]\nid = "fed-1"\nworkdir = "w"\n\n[[federation.particip
 
 # Commands that work on local files or a Fabric network only, not on a federation.
 NO_FEDERATION = {"demo", "network install", "network up", "network down", "network status", "network logs",
-                 "network upgrade", "participant keygen", "participant ca init", "participant ca sign"}
+                 "network upgrade", "participant keygen", "participant ca init", "participant ca sign",
+                 "data split"}  # writes the bundled demo data; belongs to no federation yet
 
 
 def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:

@@ -326,8 +326,9 @@ def test_the_node_config_names_a_signer_socket_and_no_key(tmp_path: Path, key_fi
     """What the institution service now gives the SuperNode and its ClientApp."""
     from fl.deploy.client import ClientService, ClientSpec
 
-    data = tmp_path / "d.csv"
-    data.write_text("h\n1\n")
+    from tests.fixtures.datasets import tiny_federation
+
+    config, data = tiny_federation(tmp_path / "fed", ME, federation=FED)
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     signer = tmp_path / "run" / "s.sock"
@@ -336,12 +337,13 @@ def test_the_node_config_names_a_signer_socket_and_no_key(tmp_path: Path, key_fi
     server.start()
     try:
         spec = ClientSpec(participant=ME, data=data, key=tmp_path / "absent.key", superlink="127.0.0.1:1",
-                          root_certificates=ca, workdir=tmp_path, signer=signer)
+                          root_certificates=ca, workdir=tmp_path, signer=signer, config=config)
         command, env = ClientService(spec).prepare()
     finally:
         server.stop()
-    config = (tmp_path / "clients" / ME / "node-config.toml").read_text()
-    assert '"signer"' in config and "key" not in config
+    node_config = (tmp_path / "clients" / ME / "node-config.toml").read_text()
+    assert '"signer"' in node_config and "key" not in node_config
+    assert f'"config" = "{config.resolve()}"' in node_config  # the schema comes from the institution's file
     assert "--auth-supernode-private-key" not in command
     assert command[1:5] == ["-m", "fl.signer.supernode", "--signer-socket", str(signer)]
     assert not any(arg.endswith((".key", ".ssh")) for arg in command)
@@ -362,13 +364,16 @@ def test_a_clientapp_asking_twice_for_one_round_is_refused_by_the_signer(served:
     assert journal_lines(served.service)[-1]["reason"] == "equivocation"
 
 
-def test_a_node_config_without_a_signer_cannot_sign() -> None:
+def test_a_node_config_without_a_signer_cannot_sign(tmp_path: Path) -> None:
     from flwr.app import Context, RecordDict
 
     from fl.client_app import node_config_resolver
     from fl.signing import NoSigner
+    from tests.fixtures.datasets import tiny_federation
 
-    ctx = Context(run_id=1, node_id=1, node_config={"participant": ME, "data": "d.csv", "key": "/k.key"},
+    config, data = tiny_federation(tmp_path, ME, federation=FED)
+    ctx = Context(run_id=1, node_id=1,
+                  node_config={"participant": ME, "data": str(data), "config": str(config), "key": "/k.key"},
                   state=RecordDict(), run_config={})
     runtime = node_config_resolver(ctx)
 

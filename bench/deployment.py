@@ -239,7 +239,7 @@ def _prepare(root: Path, rounds: int, participants: int) -> _Federation:
     workdir.mkdir(parents=True)
     names = default_participants(participants)
     cfg = FederationConfig(
-        id="bench-deploy", rounds=rounds, workdir=workdir,
+        id="bench-deploy", rounds=rounds, workdir=workdir, data=demo_data.credit_schema(),
         participants=[ParticipantConfig(id=n, msp_id=msp_for(n), data=root / "data" / f"{n}.csv") for n in names],
         deployment=DeploymentConfig(host="127.0.0.1", port=free_port()),
     )
@@ -620,16 +620,15 @@ def _breakdown(run: _Rounds, watcher: _Watcher) -> dict[str, Any]:
 def _train_seconds(fed: _Federation) -> float:
     """Median wall time of one institution's local training alone (in this process, warm)."""
     from fl import data as fl_data
-    from fl import demo_data
     from fl import model as fl_model
     from fl.server_app import initial_model
 
     t = fed.cfg.training
     times = []
     for name in fed.cfg.participant_ids():
-        X, y = fl_data.load_csv(fed.data[name], demo_data.credit_schema())
+        X, y = fl_data.load_csv(fed.data[name], fed.cfg.schema)
         for _ in range(2):  # the first is a warm-up
-            model = fl_model.build_model(fl_model.ModelSpec(), X.shape[1])
+            model = fl_model.build_model(fed.cfg.model, X.shape[1])
             fl_model.set_arrays(model, initial_model(fed.cfg))
             started = time.perf_counter()
             fl_model.train(model, X, y, epochs=t.local_epochs, lr=t.learning_rate, batch_size=t.batch_size,

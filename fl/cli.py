@@ -265,6 +265,34 @@ def data_split(
             console.print(f"{name}: {path}")
 
 
+@data_app.command("schema")
+def data_schema(
+    path: Path = typer.Argument(..., help="A sample CSV with the federation's columns."),
+    target: str = typer.Option(..., "--target", help="The label column."),
+    positive: str = typer.Option(..., "--positive", help="The label value the model predicts (e.g. 'yes', 'bad')."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="The other label value (default: the "
+                                           "target's only other value)."),
+    max_categories: int = typer.Option(50, "--max-categories", min=1, help="More distinct texts than this: "
+                                       "the column is left out (ignored_columns) for the consortium to decide."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Draft a [federation.data] table from a sample CSV, for the consortium to review and agree on."""
+    from fl.config import data_toml
+    from fl.schema_draft import draft_schema
+
+    with failures(as_json):
+        draft = draft_schema(path, target, positive, negative_label=negative, max_categories=max_categories)
+    payload = {"data": draft.schema.model_dump(mode="json", exclude_none=True), "notes": draft.notes,
+               "digest": draft.schema.digest()}
+
+    def human() -> str:
+        notes = "\n".join(f"# {column}: {note}" for column, note in draft.notes.items())
+        return (f"# Drafted from {path}: review the types and agree on the constants, then paste into\n"
+                f"# federation.toml. Digest {draft.schema.digest()}\n{notes}\n\n{data_toml(draft.schema)}")
+
+    emit(as_json, payload, human)
+
+
 @data_app.command("check")
 def data_check(
     path: Path = typer.Argument(..., help="An institution's CSV file."),

@@ -52,6 +52,7 @@ __all__ = [
     "load_config",
     "override",
     "write_config",
+    "data_toml",
     "msp_for",
     "default_participants",
     "project_root",
@@ -377,6 +378,11 @@ def write_config(config: FederationConfig, path: Path) -> None:
             lines.append(f"{key} = {_toml(str(value) if isinstance(value, Path) else value)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def data_toml(schema: DataSchema) -> str:
+    """``schema`` as the ``[federation.data]`` table of a federation file."""
+    return "\n".join(_table("federation.data", schema.model_dump(mode="json", exclude_none=True))).lstrip() + "\n"
 
 
 def _table(name: str, table: dict[str, Any]) -> list[str]:

@@ -5,6 +5,13 @@ identity, the coordinator recording as CoordinatorMSP, the auditor reading as Au
 — one institution revoked between the rounds, one node with an unregistered key refused,
 and every process stopped by pid at the end.
 
+The federation trains on its own data, not the demo's: Boston mortgage applications
+(HMDA), with other columns, categorical and yes/no features and missing cells, declared
+in ``[federation.data]``. Each institution's CSV lives in its own directory and is named
+only on its own node's command line: the coordinator's federation file names no
+institution file. Institutions evaluate every committed model on their hold-outs and
+sign the metrics; the auditor re-verifies them.
+
 The rounds run in two coordinator runs (``--rounds 1`` then ``--rounds 2``) so that the
 revocation falls exactly between them; the second run also proves that a restarted
 coordinator resumes from the last ``CommitModel`` (round 2 follows round 1, nothing twice).
@@ -29,12 +36,14 @@ from typing import Any
 import pytest
 
 from fl import onboarding
+from fl.data import DataSchema
 from fl.config import DeploymentConfig, FederationConfig, ParticipantConfig, TrainingConfig, msp_for, project_root, write_config
 from fl.identities import adopt_network_cas, member_credentials
 from ledger import processes
 from fl.runtime import FLOWER_OFFLINE_ENV
 from ledger import pki
 from ledger.factory import open_ledger
+from tests.fixtures.datasets import hmda_federation
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -78,6 +87,8 @@ class Deployment:
         self.pids: set[int] = set()
         self.runtime_ports: dict[str, int] = {}
         self.cfg: FederationConfig | None = None
+        self.data: dict[str, Path] = {}  # institution → its own CSV (never in the federation file)
+        self.schema: DataSchema | None = None
 
     def write_config(self, **changes: Any) -> None:
         """(Re)write the federation file (``[federation]`` and ``[deployment]``) with ``changes``."""
@@ -126,7 +137,10 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
     """A federation of three admitted banks on the given ledger; stops every process at the end."""
     dep = Deployment(tmp_path)
     ports: set[int] = set()
-    data = tmp_path / "data"
+    # Each bank's CSV in a directory of its own; the federation file names none of them.
+    own_data = hmda_federation(tmp_path / "institutions", parts=len(BANKS), seed=3)
+    dep.data = {bank: own_data.paths[name] for bank, name in zip(BANKS, sorted(own_data.paths))}
+    dep.schema = own_data.schema
     fabric = request.param == "fabric"
     profile = request.getfixturevalue("fabric_network").top.profile_path if fabric else None
     cfg = FederationConfig(
@@ -134,18 +148,17 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         id=f"{FED}-{secrets.token_hex(3)}" if fabric else FED, rounds=2, workdir=tmp_path,
         ledger=request.param, fabric_profile=profile,
         training=TrainingConfig(local_epochs=1),
-        participants=[ParticipantConfig(id=b, msp_id=msp_for(b), data=data / f"{b}.csv") for b in BANKS],
+        data=own_data.schema,
+        validation=own_data.validation,  # the coordinator's own held-out file
+        participants=[ParticipantConfig(id=b, msp_id=msp_for(b)) for b in BANKS],
         deployment=DeploymentConfig(host="127.0.0.1", port=_free_port(ports), sync_interval=1.0, app=APP),
     )
     dep.cfg = cfg
     dep.write_config()
     dep.runtime_ports = {b: _free_port(ports) for b in (*BANKS, "rogue")}
 
-    from fl import demo_data
     from fl.deploy.federation import init_federation
 
-    demo_data.write_partitions_csv(demo_data.partition_credit(len(BANKS), cfg.data_seed, cfg.dirichlet_alpha, 0.2),
-                                 data, list(BANKS))
     ws = cfg.workspace
     # On Fabric participant certificates come from the network's org CAs and ledger
     # identities are the network's (its MSPs trust no other CA).
@@ -181,7 +194,8 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
 
 def _start_client(dep: Deployment, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     port = str(dep.runtime_ports[name])
-    result = dep.cli("client", "start", "-p", name, "--detach", "--json", "--runtime-port", port, *extra)
+    data = ["--data", str(dep.data[name])] if name in dep.data and "--data" not in extra else []
+    result = dep.cli("client", "start", "-p", name, "--detach", "--json", "--runtime-port", port, *data, *extra)
     dep.state("clients", name)
     return result
 
@@ -211,10 +225,24 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
     assert set(started["nodes"]) == set(BANKS)  # admitted keys registered with the SuperLink
     # A node whose key the ledger does not vouch for is refused at the transport.
     rogue = _start_client(dep, "rogue", "--key", str(dep.workdir / "rogue" / "rogue.key"),
-                          "--data", str(dep.workdir / "data" / "bank-a.csv"))
+                          "--data", str(dep.data["bank-a"]))
     assert rogue.returncode == 1, rogue.stderr  # the request was refused
     assert "refused" in rogue.stderr
     assert "Exit Code: 305" in (dep.workdir / "clients" / "rogue" / "supernode.log").read_text()
+
+    # The federation file names no institution's data; a node whose file does not fit the
+    # declared schema refuses to start and says where.
+    assert all(p.data is None for p in dep.cfg.participants)  # type: ignore[union-attr]
+    assert not any(str(path) in dep.config.read_text() for path in dep.data.values())
+    broken = dep.workdir / "institutions" / "broken.csv"
+    lines = dep.data["bank-a"].read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[3].split(",")
+    row[header.index("chist")] = "99"
+    broken.write_text("\n".join([*lines[:3], ",".join(row), *lines[4:]]) + "\n")
+    refused = _start_client(dep, "bank-a", "--data", str(broken))
+    assert refused.returncode == 1, refused.stderr
+    assert "row 3" in refused.stdout + refused.stderr and "'chist'" in refused.stdout + refused.stderr
 
     node_ids = {}
     for bank in BANKS:
@@ -283,6 +311,15 @@ def test_three_institutions_train_two_audited_rounds_over_tls_with_node_auth_and
     issued = dep.cli_json("rewards", "issue")  # the federation: FEDLEDGER_CONFIG
     assert [r["round"] for r in issued] == [1, 2]  # type: ignore[index]
     audit = dep.cli_json("audit", "verify")
+    # The auditor sees the declared schema on the ledger and every institution's signed
+    # evaluation of each committed model, re-verified against its certificate.
+    assert audit["policy"]["data_schema_digest"] == dep.schema.digest()  # type: ignore[union-attr]
+    evaluated = {int(r): sorted(e["institutions"]) for r, e in audit["evaluations"].items()}
+    assert evaluated == {1: list(BANKS), 2: ["bank-a", "bank-b"]}
+    assert all(m["signature_verified"] and 0 <= m["auc_ppm"] <= 1_000_000 and m["examples"] > 0
+               for e in audit["evaluations"].values() for m in e["institutions"].values())
+    logged = [json.loads(line) for line in dep.cfg.rounds_log.read_text().splitlines()]
+    assert [sorted(r["evaluation"]) for r in logged] == [list(BANKS), ["bank-a", "bank-b"]]
     assert audit["ok"], audit["problems"]
     assert audit["rounds"] == 2 and audit["aggregates_recomputed"] == 2
     assert audit["blocks_checked"] >= rounds[1].commit_tx.block_number  # type: ignore[union-attr]

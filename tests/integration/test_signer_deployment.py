@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from fl import onboarding
+from fl.demo_data import credit_schema
 from fl.config import DeploymentConfig, FederationConfig, ParticipantConfig, TrainingConfig
 from fl.identities import member_credentials
 from fl.signer.client import SignerClient, SignerRefused
@@ -74,7 +75,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[Deployment, dict[str, str]]]:
     ports: set[int] = set()
     data = tmp_path / "data"
     cfg = FederationConfig(id=FED, rounds=2, workdir=tmp_path, ledger="embedded",
-                           training=TrainingConfig(local_epochs=1),
+                           training=TrainingConfig(local_epochs=1), data=credit_schema(),
                            participants=[ParticipantConfig(id=b, msp_id=MSPS[b], data=data / f"{b}.csv")
                                          for b in BANKS],
                            deployment=DeploymentConfig(host="127.0.0.1", port=_free_port(ports), sync_interval=1.0,

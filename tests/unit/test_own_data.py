@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from fl.cli import app
 from fl.client_app import ClientRuntime, SchemaMismatch
 from fl.config import ConfigError, load_config, write_config
-from fl.data import DataFileError
+from fl.data import DataFileError, check_csv
 from fl.deploy.client import ClientService, ClientSpec
 from fl.model_spec import ModelSpec
 from fl.server_app import check_policy, federation_policy, initial_model
@@ -151,3 +151,44 @@ def test_the_clientapp_refuses_work_under_another_schema() -> None:
     runtime.check_schema({"data-schema": TINY_SCHEMA.digest()})
     with pytest.raises(SchemaMismatch, match="nothing was trained"):
         runtime.check_schema({"data-schema": "0" * 64})
+
+
+def test_a_drafted_schema_types_every_column_and_fits_its_sample(tmp_path: Path) -> None:
+    from fl.schema_draft import draft_schema
+    from tests.fixtures.datasets import hmda_federation
+
+    sample = hmda_federation(tmp_path, parts=2, seed=1).paths["bank-a"]
+
+    draft = draft_schema(sample, "deny", "yes")
+
+    kinds = {f.name: f.type for f in draft.schema.features}
+    assert draft.schema.negative_label == "no"
+    assert kinds["selfemp"] == "boolean" and kinds["pirat"] == "numeric"
+    assert "rownames" in draft.schema.ignored_columns and "rownames" not in kinds
+    assert "codes of a category" in draft.notes["chist"]
+    missing = {f.name: f.missing for f in draft.schema.features}
+    assert missing["pirat"] == "impute" and missing["insurance"] == "refuse"  # gaps seen / none seen
+    assert check_csv(sample, draft.schema).ok
+
+
+def test_data_schema_prints_a_table_the_federation_file_accepts(tmp_path: Path) -> None:
+    config, data = tiny_federation(tmp_path)
+
+    result = runner.invoke(app, ["data", "schema", str(data), "--target", "y", "--positive", "yes"])
+
+    assert result.exit_code == 0, result.output
+    text = config.read_text().split("[federation.data]")[0] + result.stdout.split("\n\n", 1)[1]
+    config.write_text(text + '\n[[federation.participants]]\nid = "bank-a"\nmsp_id = "BankAMSP"\n')
+    declared = load_config(config).schema
+    assert [f.name for f in declared.features] == ["x", "kind"]
+    assert declared.digest() == json.loads(runner.invoke(
+        app, ["data", "schema", str(data), "--target", "y", "--positive", "yes", "--json"]).stdout)["digest"]
+
+
+def test_data_schema_refuses_a_target_that_is_not_there(tmp_path: Path) -> None:
+    _, data = tiny_federation(tmp_path)
+
+    result = runner.invoke(app, ["data", "schema", str(data), "--target", "deny", "--positive", "yes"])
+
+    assert result.exit_code == 1
+    assert "no column 'deny'" in result.output

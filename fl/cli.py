@@ -251,18 +251,17 @@ def data_split(
     alpha: float = typer.Option(0.5, help="Dirichlet label-skew concentration (smaller: more skewed)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write a non-IID split of the bundled credit data as institution CSV files."""
+    """Write a non-IID split of the bundled credit data as institution CSV files, and its
+    [federation.data] table (schema.toml) to paste into a federation file."""
     from fl import demo_data
-    from fl.config import default_participants
+    from fl.config import data_toml, default_participants
 
     names = default_participants(participants)
     paths = demo_data.write_partitions_csv(demo_data.partition_credit(participants, seed, alpha), out, names)
-    rows = {name: str(path) for name, path in paths.items()}
-    if as_json:
-        emit(True, rows)
-    else:
-        for name, path in rows.items():
-            console.print(f"{name}: {path}")
+    schema = out / "schema.toml"
+    schema.write_text(data_toml(demo_data.credit_schema()), encoding="utf-8")
+    rows = {**{name: str(path) for name, path in paths.items()}, "schema": str(schema)}
+    emit(as_json, rows, lambda: "\n".join(f"{name}: {path}" for name, path in rows.items()))
 
 
 @data_app.command("schema")
@@ -314,15 +313,17 @@ def data_check(
             X, y = fl_data.load_csv(path, schema)
             result.update(features=int(X.shape[1]), positive_rate=float(y.mean()) if len(y) else 0.0)
 
-    def human() -> str:
-        if not check.ok:
-            return "\n".join(f"{path}: {problem.message}" for problem in check.problems)
-        return (f"{path}: {check.rows} rows fit the schema {schema.digest()[:16]}…; "
-                f"{result['features']} features after preprocessing, {result['positive_rate']:.1%} positive")
-
-    emit(as_json, result, human)
-    if not check.ok:
-        raise typer.Exit(int(ExitCode.FAILED))
+    if check.ok:
+        emit(as_json, result, lambda: (
+            f"{path}: {check.rows} rows fit the schema {schema.digest()[:16]}…; "
+            f"{result['features']} features after preprocessing, {result['positive_rate']:.1%} positive"))
+        return
+    if as_json:
+        emit(True, result, str)
+    else:
+        for problem in check.problems:
+            typer.echo(f"{path}: {problem.message}", err=True)
+    fail(f"{path} does not fit the federation's schema ({len(check.problems)} problems)", ExitCode.FAILED)
 
 
 @app.command()

@@ -176,10 +176,15 @@ def test_report_writes_a_compliance_report_per_round(tmp_path):
 
 def test_data_split_writes_csvs_that_check_and_a_wrong_file_is_refused(tmp_path):
     rows = json.loads(fedledger("data", "split", "--out", str(tmp_path / "data"), "--json").stdout)
-    assert sorted(rows) == ["bank-a", "bank-b", "bank-c", "test"]
-    checked = json.loads(fedledger("data", "check", rows["bank-b"], "--json").stdout)
+    assert sorted(rows) == ["bank-a", "bank-b", "bank-c", "schema", "test"]
+    # The split's schema table, pasted into a federation file, is what the files are checked against.
+    (tmp_path / "federation.toml").write_text(
+        '[federation]\nid = "try-it"\n\n' + Path(rows["schema"]).read_text()
+        + '\n[[federation.participants]]\nid = "bank-a"\nmsp_id = "BankAMSP"\n')
+    config = str(tmp_path / "federation.toml")
+    checked = json.loads(fedledger("data", "check", rows["bank-b"], "--config", config, "--json").stdout)
     assert checked["rows"] > 100 and checked["features"] == 26
     bad = tmp_path / "bad.csv"
     bad.write_text(Path(rows["bank-a"]).read_text().replace("Status", "Statut", 1))
-    proc = fedledger("data", "check", str(bad), check=False)
+    proc = fedledger("data", "check", str(bad), "--config", config, check=False)
     assert proc.returncode == 1 and str(bad) in proc.stderr and "Status" in proc.stderr

@@ -24,7 +24,7 @@ FEDERATION = '[federation]\nid = "fed-1"\nworkdir = "w"\n\n[[federation.particip
 # Commands that work on local files or a Fabric network only, not on a federation.
 NO_FEDERATION = {"demo", "network install", "network up", "network down", "network status", "network logs",
                  "network upgrade", "participant keygen", "participant ca init", "participant ca sign",
-                 "data split"}  # writes the bundled demo data; belongs to no federation yet
+                 "data split", "data schema"}  # demo data; drafting a schema precedes a federation
 
 
 def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:

@@ -173,6 +173,30 @@ def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
         )
 
 
+def _signer_of(pid: str, ctx: RoundContext | EvaluationContext, keys: KeyCache, node: str | None) -> Participant:
+    """The registered participant that may sign this reply, in DESIGN §4 order: known,
+    admitted, not revoked, certificate valid now, and (with node binding) the owner of
+    the node that sent it."""
+    participant = ctx.participants.get(pid)
+    if participant is None:
+        raise UpdateRejected("unknown_participant", f"{pid} is not registered")
+    if participant.status == "pending":
+        raise UpdateRejected("not_admitted", f"{pid} is registered, not admitted")
+    if participant.status == "revoked":
+        raise UpdateRejected("revoked", f"{pid} was revoked")
+    try:
+        in_validity = keys.valid_at(participant.cert_pem, ctx.now or dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
+    if not in_validity:
+        raise UpdateRejected("cert_expired", f"the registered certificate of {pid} is not valid now")
+    if ctx.node_owner is not None:
+        owner = ctx.node_owner(node)
+        if owner != pid:
+            raise UpdateRejected("node_mismatch", f"node {node} authenticated as {owner}, not {pid}")
+    return participant
+
+
 def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Candidate) -> None:
     """Decode, then replay / identity / digest / signature checks, in DESIGN §4 order."""
     _decode(reply, ctx, cand)
@@ -184,25 +208,7 @@ def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Cand
         raise UpdateRejected("wrong_round", f"manifest round {manifest.round}, expected {ctx.round}")
     if manifest.base_model != ctx.base_model:
         raise UpdateRejected("wrong_base_model", f"trained from {manifest.base_model[:16]}…")
-    participant = ctx.participants.get(manifest.participant)
-    if participant is None:
-        raise UpdateRejected("unknown_participant", f"{manifest.participant} is not registered")
-    if participant.status == "pending":
-        raise UpdateRejected("not_admitted", f"{manifest.participant} is registered, not admitted")
-    if participant.status == "revoked":
-        raise UpdateRejected("revoked", f"{manifest.participant} was revoked")
-    try:
-        in_validity = keys.valid_at(participant.cert_pem, ctx.now or dt.datetime.now(dt.UTC))
-    except ValueError as exc:
-        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
-    if not in_validity:
-        raise UpdateRejected("cert_expired", f"the registered certificate of {manifest.participant} is not valid now")
-    if ctx.node_owner is not None:
-        owner = ctx.node_owner(cand.node)
-        if owner != manifest.participant:
-            raise UpdateRejected(
-                "node_mismatch", f"node {cand.node} authenticated as {owner}, not {manifest.participant}"
-            )
+    participant = _signer_of(manifest.participant, ctx, keys, cand.node)
     actual = update_digest(cand.arrays)
     if actual != manifest.update:
         raise UpdateRejected(
@@ -402,25 +408,7 @@ def _authenticate_evaluation(reply: Message, ctx: EvaluationContext, keys: KeyCa
         raise UpdateRejected("wrong_round", f"manifest round {manifest.round}, expected {ctx.round}")
     if manifest.model != ctx.model:
         raise UpdateRejected("wrong_model", f"evaluated {manifest.model[:16]}…, committed {ctx.model[:16]}…")
-    participant = ctx.participants.get(manifest.participant)
-    if participant is None:
-        raise UpdateRejected("unknown_participant", f"{manifest.participant} is not registered")
-    if participant.status == "pending":
-        raise UpdateRejected("not_admitted", f"{manifest.participant} is registered, not admitted")
-    if participant.status == "revoked":
-        raise UpdateRejected("revoked", f"{manifest.participant} was revoked")
-    try:
-        in_validity = keys.valid_at(participant.cert_pem, ctx.now or dt.datetime.now(dt.UTC))
-    except ValueError as exc:
-        raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
-    if not in_validity:
-        raise UpdateRejected("cert_expired", f"the registered certificate of {manifest.participant} is not valid now")
-    if ctx.node_owner is not None:
-        owner = ctx.node_owner(cand.node)
-        if owner != manifest.participant:
-            raise UpdateRejected(
-                "node_mismatch", f"node {cand.node} authenticated as {owner}, not {manifest.participant}"
-            )
+    participant = _signer_of(manifest.participant, ctx, keys, cand.node)
     try:
         verify(manifest.to_bytes(), cand.signature, keys.key(participant.cert_pem))
     except SignatureError as exc:

@@ -53,7 +53,7 @@ def test_the_demo_on_fabric_rejects_the_same_adversaries_with_the_same_reasons(f
 
 def test_audit_verify_proves_every_block_and_a_wrong_pin_is_reported(fabric_demo) -> None:
     workdir, summary = fabric_demo
-    report = json.loads(fedledger("audit", "verify", "--workdir", str(workdir), "--json").stdout)
+    report = json.loads(fedledger("audit", "verify", "--config", str(workdir / "federation.toml"), "--json").stdout)
     assert report["ok"], report["problems"]
     assert report["rounds"] == 3 and report["aggregates_recomputed"] == 3
     # RecordRound, CommitModel and IssueRewards of every round, each found VALID in a block.
@@ -61,11 +61,11 @@ def test_audit_verify_proves_every_block_and_a_wrong_pin_is_reported(fabric_demo
     head = report["head"]
     assert report["blocks_checked"] == head["block"] + 1 > summary["rounds"][-1]["commit_block"]
 
-    pinned = fedledger("audit", "verify", "--workdir", str(workdir), "--json", "--pin",
+    pinned = fedledger("audit", "verify", "--config", str(workdir / "federation.toml"), "--json", "--pin",
                        f"{head['block']}:{head['hash']}")
     assert json.loads(pinned.stdout)["ok"]
     wrong = "0" * 64
-    refused = fedledger("audit", "verify", "--workdir", str(workdir), "--json", "--pin",
+    refused = fedledger("audit", "verify", "--config", str(workdir / "federation.toml"), "--json", "--pin",
                         f"{head['block']}:{wrong}", check=False)
     assert refused.returncode == 1
     assert any(str(head["block"]) in p and "pin" in p for p in json.loads(refused.stdout)["problems"])
@@ -73,7 +73,7 @@ def test_audit_verify_proves_every_block_and_a_wrong_pin_is_reported(fabric_demo
 
 def test_compliance_reports_are_written_from_the_fabric_ledger(fabric_demo) -> None:
     workdir, _ = fabric_demo
-    fedledger("report", "--workdir", str(workdir))
+    fedledger("report", "--config", str(workdir / "federation.toml"))
     reports = sorted((workdir / "reports").glob("round-*.json"))
     assert [p.name for p in reports] == ["round-0001.json", "round-0002.json", "round-0003.json"]
     first = json.loads(reports[0].read_text())

@@ -10,12 +10,13 @@ import subprocess
 import sys
 from typing import Any
 
-from bench import deployment, fabric, overhead, signatures, work
+from bench import deployment, fabric, overhead, relay, signatures, work
 from fl.runtime import configure_logging
 from ledger.errors import LedgerError
 
-USAGE = ("usage: python -m bench [fabric|work]   (no argument: every benchmark; fabric: only the Fabric "
-         "network; work: only the round work on the embedded and the Fabric ledger)")
+USAGE = ("usage: python -m bench [fabric|work|relay]   (no argument: every benchmark; fabric: only the Fabric "
+         "network; work: only the round work on the embedded and the Fabric ledger; relay: deployment round time "
+         "of the default and the relay ClientApp)")
 
 
 def _seconds(value: float | None) -> str:
@@ -121,6 +122,24 @@ def _work(results: dict[str, object]) -> int:
     return 0
 
 
+def _relay(results: dict[str, object]) -> int:
+    """Deployment round time, default ClientApp vs relay ClientApp + warm trainer, side by side."""
+    try:
+        rl = relay.measure()
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        results["relay"] = {"error": str(exc)}
+        print(f"relay ClientApp: failed: {str(exc).strip()[:2000]}", flush=True)
+        return 1
+    results["relay"] = rl
+    for name in ("default", "relay"):
+        r = rl[name]
+        print(f"deployment round, {rl['participants']} institutions, rounds 2..{rl['rounds']}, {name} ClientApp: "
+              f"{r['min_s']:.2f}/{r['median_s']:.2f}/{r['max_s']:.2f} s min/median/max (1-min load average "
+              f"{r['load_avg_1m']:.1f} at its start)", flush=True)
+    print(f"relay ÷ default median round time: {rl['median_ratio']:.3f}; {rl['bench_wall_s']:.0f} s", flush=True)
+    return 0
+
+
 def _everything(results: dict[str, object]) -> int:
     """Signatures, Fabric, round work, Flower simulation and deployment mode; 1 when a section failed."""
     sig = signatures.measure()
@@ -153,7 +172,7 @@ def _everything(results: dict[str, object]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks (all, or only ``fabric``), print a table and one JSON line."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["fabric"], ["work"]):
+    if args not in ([], ["fabric"], ["work"], ["relay"]):
         print(USAGE, file=sys.stderr)
         return 2
     # A SIGTERM (a closed terminal, a timeout) unwinds like Ctrl-C, so the networks and
@@ -163,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     # (info) are not printed — failed and lost transactions are counted in the figures.
     configure_logging(level=logging.WARNING)
     results: dict[str, object] = {}
-    sections = {"fabric": _fabric, "work": _work}
+    sections = {"fabric": _fabric, "work": _work, "relay": _relay}
     code = sections[args[0]](results) if args else _everything(results)
     print(json.dumps(results, sort_keys=True))
     return code

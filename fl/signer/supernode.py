@@ -13,7 +13,12 @@ neither the key file nor the key.
 
 Usage (what :mod:`fl.deploy.client` runs)::
 
-    python -m fl.signer.supernode --signer-socket SOCKET <flower-supernode arguments>
+    python -m fl.signer.supernode --signer-socket SOCKET [--approve-app SHA256]...
+        [--approved-apps FILE] <flower-supernode arguments>
+
+With ``--approve-app``/``--approved-apps`` the node runs only ClientApps whose FAB hash
+the institution approved (:mod:`fl.signer.pinning`); without them it runs whatever app
+the coordinator's run ships, as Flower does.
 
 This relies on a private function of the pinned Flower release; a Flower upgrade that
 renames it makes this entry point fail at start-up (``AttributeError``), not silently.
@@ -23,14 +28,22 @@ from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
+
+import structlog
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fl.runtime import configure_logging
 from fl.signer.client import SignerClient, SignerError
+from fl.signer.pinning import AppPin, PinError, install, load_approved
 
-__all__ = ["SignerBackedKey", "main"]
+__all__ = ["SignerBackedKey", "WrapperArgs", "main", "parse_args"]
+
+log = structlog.get_logger("fedledger.supernode")
 
 
 class SignerBackedKey(ec.EllipticCurvePrivateKey):
@@ -75,19 +88,62 @@ class SignerBackedKey(ec.EllipticCurvePrivateKey):
         return self
 
 
-def _split(argv: list[str]) -> tuple[str, list[str]]:
+@dataclass(frozen=True)
+class WrapperArgs:
+    """This wrapper's own options, and the rest for ``flower-supernode``."""
+
+    signer_socket: str
+    approved: tuple[str, ...] = ()
+    approved_file: Path | None = None
+    flower: tuple[str, ...] = ()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the node runs only approved apps."""
+        return bool(self.approved) or self.approved_file is not None
+
+
+_USAGE = ("usage: python -m fl.signer.supernode --signer-socket SOCKET [--approve-app SHA256]... "
+          "[--approved-apps FILE] <flower-supernode args>")
+
+
+def parse_args(argv: list[str]) -> WrapperArgs:
+    """Split ``argv``: the wrapper's leading options, then Flower's arguments."""
     if len(argv) < 2 or argv[0] != "--signer-socket":
-        raise SystemExit("usage: python -m fl.signer.supernode --signer-socket SOCKET <flower-supernode args>")
-    if any(a.startswith("--auth-supernode-private-key") for a in argv[2:]):
+        raise SystemExit(_USAGE)
+    socket_path, rest = argv[1], list(argv[2:])
+    approved: list[str] = []
+    approved_file: Path | None = None
+    while rest and rest[0] in ("--approve-app", "--approved-apps"):
+        if len(rest) < 2:
+            raise SystemExit(f"{rest[0]} needs a value\n{_USAGE}")
+        if rest[0] == "--approve-app":
+            approved.append(rest[1])
+        else:
+            approved_file = Path(rest[1])
+        del rest[:2]
+    if any(a.startswith("--auth-supernode-private-key") for a in rest):
         raise SystemExit("--auth-supernode-private-key is not accepted: the key stays in the signer")
-    return argv[1], argv[2:]
+    return WrapperArgs(socket_path, tuple(approved), approved_file, tuple(rest))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run Flower's SuperNode with its node-auth key served by the signer."""
-    socket_path, flower_args = _split(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.pinned:
+        try:
+            approved = load_approved(args.approved, args.approved_file)
+        except PinError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        configure_logging(json_logs=True)  # the refusal events: JSON lines in the node's log
+        try:
+            install(AppPin(approved))
+        except RuntimeError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        log.info("app_pinning_enabled", approved=sorted(approved))
     # The package re-exports a function of the same name: fetch the module itself.
     module = importlib.import_module("flwr.supernode.cli.flower_supernode")
+    socket_path = args.signer_socket
     try:
         key = SignerBackedKey(SignerClient(socket_path))
     except SignerError as exc:
@@ -99,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if not hasattr(module, "_try_setup_client_authentication"):
         raise SystemExit("this Flower release has no _try_setup_client_authentication: update fl.signer.supernode")
     module._try_setup_client_authentication = authentication
-    sys.argv = ["flower-supernode", *flower_args]
+    sys.argv = ["flower-supernode", *args.flower]
     module.flower_supernode()
 
 

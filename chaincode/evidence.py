@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from chaincode.canonical import canonical_json, parse_json
 from chaincode.certs import load_pem_certificate, p256_public_key
@@ -41,6 +41,11 @@ def _verify_signature(data: bytes, signature_b64: str, cert_pem: str) -> str | N
         r, s = decode_dss_signature(der)
     except (binascii.Error, ValueError):
         return "signature is not DER"
+    # One signature has one spelling: re-encode and compare (padding bits, DER form).
+    if base64.b64encode(der).decode("ascii") != signature_b64:
+        return "signature is not canonical base64"
+    if encode_dss_signature(r, s) != der:
+        return "signature is not canonical DER"
     if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
         return "signature values are out of range"
     if s > P256_ORDER // 2:

@@ -16,7 +16,11 @@ State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in ro
 
 =============================== ===========================================================
 ``fed~F``                       Federation
-``participant~F~P``             Participant
+``orgca~F~MSP``                 ``{"ca_cert_pem", "federation", "msp_id", "registered_ms",
+                                "registered_tx"}`` — the CA certificate MSP registered for
+                                F, once; it must sign every participant certificate MSP
+                                registers, and the registering caller's own certificate
+``participant~F~P``             Participant (with its signed ``declared_examples``)
 ``orgmember~F~MSP~P``           ``{"participant": P}`` — P was registered by MSP; one key
                                 per participant, an org's participants are a range read
 ``pubkey~F~SHA``                ``{"participant": P}`` — the one participant whose
@@ -38,7 +42,8 @@ key inside a range it read, was changed by a transaction committed before it (MV
 phantom-read conflicts). Keys are chosen so that independent transactions touch
 disjoint keys; the embedded ledger runs one transaction at a time and never conflicts.
 
-* RegisterParticipant reads ``fed~F``, ``participant~F~P`` and ``pubkey~F~SHA`` and writes
+* RegisterOrgCA reads ``fed~F`` and ``orgca~F~MSP`` and writes ``orgca~F~MSP``.
+* RegisterParticipant reads ``fed~F``, ``orgca~F~MSP``, ``participant~F~P`` and ``pubkey~F~SHA`` and writes
   ``participant~F~P``, ``orgmember~F~MSP~P`` and ``pubkey~F~SHA``. There is no per-org list
   to rewrite, so registrations of different ids with different keys, by one org or by
   many, never conflict; two registrations of one id or one public key do, as they must.
@@ -85,7 +90,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from chaincode.canonical import canonical_bytes, canonical_json, parse_json
-from chaincode.certs import check_participant_cert, load_pem_certificate, valid_at
+from chaincode.certs import check_org_ca, check_participant_cert, load_pem_certificate, valid_at
+from chaincode.declaration import check_declaration
 from chaincode.errors import AccessDenied, Duplicate, Invalid, NotFound
 from chaincode.evaluation import check_accepted_evaluation
 from chaincode.evidence import check_accepted_entry
@@ -99,10 +105,12 @@ from chaincode.schema import (
     RECORD,
     REWARDS,
     check_id,
+    check_msp,
     parse_amount,
     parse_round,
 )
 from chaincode.shim_fixes import Contract, TransactionContext
+from chaincode.weights import aggregation_weights
 from chaincode.state import (
     balance_of,
     caller_cert,
@@ -126,6 +134,7 @@ __all__ = ["CONTRACT_NAME", "TRANSACTIONS", "QUERIES", "EVENTS", "FedAudit"]
 CONTRACT_NAME = "fedaudit"
 TRANSACTIONS = (
     "InitFederation",
+    "RegisterOrgCA",
     "RegisterParticipant",
     "AdmitParticipant",
     "RevokeParticipant",
@@ -137,6 +146,8 @@ TRANSACTIONS = (
 )
 QUERIES = (
     "GetFederation",
+    "GetOrgCA",
+    "ListOrgCAs",
     "GetParticipant",
     "ListParticipants",
     "ParticipantHistory",
@@ -146,6 +157,7 @@ QUERIES = (
 )
 EVENTS = (
     "FederationCreated",
+    "OrgCARegistered",
     "ParticipantRegistered",
     "ParticipantAdmitted",
     "ParticipantRevoked",
@@ -237,10 +249,54 @@ class FedAudit(Contract):
 
     # --- participants -----------------------------------------------------------------
 
+    async def RegisterOrgCA(self, ctx: TransactionContext, fed: str, ca_cert_pem: str) -> str:
+        """Register the caller's organisation's CA certificate, once per federation.
+
+        The CA must have signed the caller's own certificate. Every participant the org
+        registers afterwards must carry a certificate this CA signed.
+        """
+        msp = caller_msp(ctx)
+        check_id(fed, "federation id")
+        federation = await load_federation(ctx, fed)
+        if msp == federation["coordinator_msp"]:
+            raise AccessDenied(
+                f"RegisterOrgCA may not be called by the coordinator MSP {msp}: "
+                "only organisations that register participants register their CA"
+            )
+        refuse_auditor(federation, msp, "RegisterOrgCA")
+        own_cert = caller_cert(ctx, msp)
+        record_key = key(ctx, "orgca", fed, msp)
+        if await get_json(ctx, record_key) is not None:
+            raise Duplicate(f"the CA of {msp} is already registered in federation {fed}")
+        written = stamp(ctx)
+        pem = check_org_ca(ca_cert_pem, own_cert, msp, written["timestamp_ms"])
+        org_ca = {
+            "ca_cert_pem": pem,
+            "federation": fed,
+            "msp_id": msp,
+            "registered_ms": written["timestamp_ms"],
+            "registered_tx": written["tx_id"],
+        }
+        await put_json(ctx, record_key, org_ca)
+        emit(
+            ctx,
+            "OrgCARegistered",
+            {"ca_sha256": hashlib.sha256(pem.encode("ascii")).hexdigest(), "federation": fed, "msp_id": msp},
+        )
+        return canonical_json(org_ca)
+
     async def RegisterParticipant(
-        self, ctx: TransactionContext, fed: str, pid: str, cert_pem: str, meta_json: str
+        self,
+        ctx: TransactionContext,
+        fed: str,
+        pid: str,
+        cert_pem: str,
+        meta_json: str,
+        declaration: str,
+        declaration_signature: str,
     ) -> str:
-        """Register the caller's organisation's participant and its signing certificate."""
+        """Register the caller's organisation's participant, its signing certificate and
+        its dataset size, declared in a statement signed with the certificate's key."""
         msp = caller_msp(ctx)
         check_id(fed, "federation id")
         check_id(pid, "participant id")
@@ -255,11 +311,19 @@ class FedAudit(Contract):
             )
         refuse_auditor(federation, msp, "RegisterParticipant")
         own_cert = caller_cert(ctx, msp)
+        org_ca = await get_json(ctx, key(ctx, "orgca", fed, msp))
+        if org_ca is None:
+            raise AccessDenied(
+                f"{msp} has registered no CA certificate in federation {fed}: RegisterOrgCA first"
+            )
         record_key = key(ctx, "participant", fed, pid)
         if await get_json(ctx, record_key) is not None:
             raise Duplicate(f"participant {pid} is already registered in federation {fed}")
         written = stamp(ctx)
-        pem = check_participant_cert(cert_pem, own_cert, msp, written["timestamp_ms"])
+        pem = check_participant_cert(cert_pem, own_cert, msp, written["timestamp_ms"], org_ca["ca_cert_pem"])
+        declared = check_declaration(
+            declaration, declaration_signature, fed, pid, pem, federation["policy"]["max_num_examples"]
+        )
         # One public key, one participant: the node binding and the transport's key
         # registry both map a key to exactly one institution, for good (even revoked).
         spki = load_pem_certificate(pem, "certificate").public_key().public_bytes(
@@ -274,6 +338,9 @@ class FedAudit(Contract):
             )
         participant = {
             "cert_pem": pem,
+            "declaration": declaration,
+            "declaration_signature": declaration_signature,
+            "declared_examples": declared,
             "federation": fed,
             "id": pid,
             "meta": meta,
@@ -293,6 +360,7 @@ class FedAudit(Contract):
             "ParticipantRegistered",
             {
                 "cert_sha256": hashlib.sha256(pem.encode("ascii")).hexdigest(),
+                "declared_examples": declared,
                 "federation": fed,
                 "msp_id": msp,
                 "participant": pid,
@@ -375,6 +443,14 @@ class FedAudit(Contract):
                 raise Invalid(f"accepted entry names participant {pid}, whose certificate is not valid now")
             check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"],
                                  federation["policy"]["max_num_examples"])
+            declared = participant.get("declared_examples")
+            if declared is None:
+                raise Invalid(f"accepted entry names participant {pid}, which declared no dataset size")
+            if entry["num_examples"] > declared:
+                raise Invalid(
+                    f"accepted entry of {pid}: num_examples {entry['num_examples']} exceeds the "
+                    f"{declared} examples it declared at registration"
+                )
         written = stamp(ctx)
         new_chain = {
             "last_committed": 0 if chain is None else chain["last_committed"],
@@ -439,6 +515,13 @@ class FedAudit(Contract):
         aggregation = federation["policy"]["aggregation"]
         if commit["aggregation"] != aggregation:
             raise Invalid(f"commit.aggregation {commit['aggregation']!r} is not the policy's {aggregation!r}")
+        expected_weights = aggregation_weights(federation["policy"], record)
+        for pid in accepted:
+            if commit["weights"][pid] != expected_weights[pid]:
+                raise Invalid(
+                    f"commit.weights[{pid!r}] is {commit['weights'][pid]}, but the round's signed "
+                    f"num_examples give {expected_weights[pid]}"
+                )
         if not accepted and commit["model"] != commit["base_model"]:
             raise Invalid("a round with no accepted update must commit its base model unchanged")
         stamps_key = key(ctx, "roundtx", fed, attr)
@@ -607,6 +690,26 @@ class FedAudit(Contract):
         caller_msp(ctx)
         check_id(fed, "federation id")
         return canonical_json(await load_federation(ctx, fed))
+
+    async def GetOrgCA(self, ctx: TransactionContext, fed: str, msp: str) -> str:
+        """The CA certificate an organisation registered in the federation."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        check_msp(msp, "MSP id")
+        await load_federation(ctx, fed)
+        org_ca = await get_json(ctx, key(ctx, "orgca", fed, msp))
+        if org_ca is None:
+            raise NotFound(f"{msp} has registered no CA certificate in federation {fed}")
+        return canonical_json(org_ca)
+
+    async def ListOrgCAs(self, ctx: TransactionContext, fed: str) -> str:
+        """Every registered org CA of the federation, sorted by MSP id (key order)."""
+        caller_msp(ctx)
+        check_id(fed, "federation id")
+        await load_federation(ctx, fed)
+        iterator = await ctx.get_stub().get_state_by_partial_composite_key("orgca", [fed])
+        found = [parse_json(bytes(kv.value), "stored value") async for kv in iterator]
+        return canonical_json(sorted(found, key=lambda c: c["msp_id"]))
 
     async def GetParticipant(self, ctx: TransactionContext, fed: str, pid: str) -> str:
         """One participant."""

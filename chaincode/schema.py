@@ -41,6 +41,7 @@ __all__ = [
     "parse_round",
     "parse_amount",
     "check_id",
+    "check_msp",
 ]
 
 ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -58,6 +59,7 @@ REASONS: tuple[str, ...] = (
     "no_reply",
     "reply_error",
     "malformed",
+    "examples_over_declared",
     "wrong_federation",
     "wrong_round",
     "wrong_base_model",
@@ -118,6 +120,13 @@ def check_id(value: Any, what: str) -> str:
     """A federation or participant id (DESIGN §3)."""
     if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
         raise Invalid(f"{what} {value!r} must match [a-z0-9][a-z0-9-]{{0,63}}")
+    return value
+
+
+def check_msp(value: Any, what: str) -> str:
+    """An MSP id argument (``MSP_RE``), before it goes into a state key."""
+    if not isinstance(value, str) or MSP_RE.fullmatch(value) is None:
+        raise Invalid(f"{what} {value!r} must match {MSP_RE.pattern}")
     return value
 
 
@@ -244,6 +253,9 @@ POLICY = obj(
         "model": (text(max_len=256), ""),
         "validation_digest": (optional(text(max_len=256)), None),
         "eval_fraction_ppm": (integer(lo=0, hi=900_000), 200_000),
+        "max_weight_share_ppm": (integer(lo=1, hi=PPM), PPM),
+        "outlier_norm_ratio_ppm": (integer(lo=PPM + 1, hi=1_000 * PPM), 10 * PPM),
+        "outlier_weight_ratio_ppm": (integer(lo=PPM + 1, hi=1_000_000 * PPM), 10 * PPM),
     },
 )
 

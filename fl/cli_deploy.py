@@ -147,6 +147,12 @@ def client_start(
                                                      help="The SuperLink's TLS CA certificate "
                                                           "(default: the coordinator's in the workspace)."),
     runtime_port: int = typer.Option(0, "--runtime-port", help="Local port for the ClientApp runtime (0: free)."),
+    approve_app: Optional[list[str]] = typer.Option(None, "--approve-app", help="Run only ClientApps whose FAB "
+                                                    "hash (SHA-256, `client app-hash DIR`) is approved; repeatable."),
+    approved_apps: Optional[Path] = typer.Option(None, "--approved-apps", help="File of approved FAB hashes, "
+                                                 "one a line (# comments)."),
+    trainer: bool = typer.Option(False, "--trainer", help="Also run the institution's warm trainer, which the "
+                                 "relay ClientApp (fl.relay_app) forwards train/evaluate to."),
     config: Path = ConfigOpt, detach: bool = DetachOpt,
     wait: float = typer.Option(30.0, "--wait", help="With --detach: seconds to wait for the SuperLink to "
                                "accept the node (it keeps retrying in the background afterwards)."),
@@ -158,16 +164,21 @@ def client_start(
     with failures(as_json):
         cfg = load(config)
         spec = client_spec(cfg, config.resolve(), participant, data=data, key=key, cert=cert, signer=signer,
-                           superlink=superlink, root_certificates=root_certificates, runtime_port=runtime_port)
+                           superlink=superlink, root_certificates=root_certificates, runtime_port=runtime_port,
+                           approved_apps=tuple(approve_app or ()), approved_apps_file=approved_apps,
+                           trainer=trainer)
         check_data(spec)  # refused here, before anything starts, with every problem named
     files = cfg.workspace.client(participant)
     if detach:
         words = ["client", "start", "--participant", participant, "--config", str(config.resolve()),
                  "--data", str(spec.data.resolve()), "--superlink", spec.superlink,
                  "--root-certificates", str(spec.root_certificates.resolve()), "--runtime-port", str(runtime_port)]
-        for flag, value in (("--key", spec.key), ("--signer", spec.signer), ("--cert", spec.cert)):
+        for flag, value in (("--key", spec.key), ("--signer", spec.signer), ("--cert", spec.cert),
+                            ("--approved-apps", spec.approved_apps_file)):
             if value is not None:
                 words += [flag, str(value.resolve())]
+        words += [word for digest in spec.approved_apps for word in ("--approve-app", digest)]
+        words += ["--trainer"] if trainer else []
         with failures(as_json):
             pid, state = detach_service(cli_argv("fl.cli", *words), files, wait=wait,
                                         ready=lambda s: s.get("status") not in (None, "starting"))
@@ -185,6 +196,21 @@ def client_start(
     with failures(as_json):
         code = ClientService(spec).serve()
     raise typer.Exit(code)
+
+
+@client_app.command("app-hash")
+def client_app_hash(
+    app_dir: Optional[Path] = typer.Argument(None, help="The Flower app directory whose source the institution "
+                                             "reviewed (default: [deployment] app of the file)."),
+    config: Path = ConfigOpt, as_json: bool = JsonOpt,
+) -> None:
+    """The FAB hash of a Flower app, as a run of it carries it: what `client start --approve-app` takes."""
+    from fl.signer.pinning import app_hash
+
+    with failures(as_json):
+        directory = app_dir if app_dir is not None else load(config).deployment.app_dir
+        digest = app_hash(directory)
+    emit(as_json, {"app": str(directory.resolve()), "fab_hash": digest}, lambda: digest)
 
 
 @client_app.command("stop")

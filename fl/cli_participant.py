@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from fl import onboarding
+from fl.config import ConfigError
 from fl.cli_output import ConfigOpt, JsonOpt, ParticipantOpt, emit, failures, load
 from ledger.formats import FormatError
 
@@ -142,22 +143,31 @@ def register_cmd(
                                         "(default: the workspace's pki/<msp>/<participant>.crt)."),
     ca_cert: Optional[Path] = typer.Option(None, "--ca-cert", help="Org CA certificate to check against "
                                            "(default: the workspace's, when present)."),
-    key: Optional[Path] = typer.Option(None, "--key", help="The private key, to check it matches."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The participant's private key: it signs the declared "
+                                       "dataset size (default: the workspace's pki/<msp>/<participant>.key)."),
+    examples: Optional[int] = typer.Option(None, "--examples", min=1, help="The dataset size to declare: no "
+                                           "update may claim more examples (default: the rows of the "
+                                           "participant's data file in the federation file)."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE stored with the registration; repeatable."),
     config: Path = ConfigOpt, msp_id: Optional[str] = MspOpt,
     identity_cert: Optional[Path] = IdentityOpt, identity_key: Optional[Path] = IdentityKeyOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Register an institution's certificate on the ledger, as that institution's org (status pending)."""
+    """Register an institution's certificate and declared dataset size on the ledger, as that
+    institution's org (status pending); registers the org CA first if the org has none yet."""
     with failures(as_json):
         cfg = load(config)
         who = onboarding.registrant(cfg, participant, msp_id=msp_id, cert=cert, ca_cert=ca_cert,
                                     identity_cert=identity_cert, identity_key=identity_key)
+        if examples is None:
+            if who.data is None:
+                raise ConfigError(f"--examples is required: the federation file names no data file of {participant}")
+            examples = onboarding.count_rows(who.data)
         receipt = onboarding.register(onboarding.LedgerTarget.from_config(cfg), who.identity, participant, who.cert,
-                                      ca_cert_path=who.ca_cert, key_path=key,
+                                      examples=examples, ca_cert_path=who.ca_cert, key_path=key or who.key,
                                       meta={"org": who.msp_id, **_parse_meta(meta)})
     payload = {"participant": participant, "federation": cfg.id, "msp_id": who.msp_id,
-               "status": "pending", **receipt.model_dump()}
+               "status": "pending", "declared_examples": examples, **receipt.model_dump()}
     emit(as_json, payload, lambda: f"{participant} registered (pending) tx {receipt.tx_id} block {receipt.block_number}")
 
 

@@ -6,8 +6,9 @@ Thin commands: parse → :mod:`fl.deploy.signer` / :mod:`fl.signer` → print (s
 
 The federation file (``--config``) gives the federation id, the ledger, the
 participant's organisation and the default key and certificate in the workspace.
-``check-ledger`` (also mounted as ``fedledger audit mine``) compares the journal with
-the ledger.
+``check-ledger`` (also mounted as ``fedledger audit mine``) compares the journal — what
+the institution signed and the coordinator's signed receipts — with the ledger, one line
+per signed reply: what the ledger says, what the receipt says.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def audit_mine(
         verdict = "OK" if report.ok else "FAILED"
         lines = [f"{verdict} {participant}: {len(report.signed)} signed replies on the ledger, "
                  f"{len(report.pending)} pending, {report.refused} refused requests"]
-        lines += [f"  round {s['round']}: {s['status']}" + (f" ({s['reason']})" if s["reason"] else "")
+        lines += [f"  round {s['round']}: signed here; ledger: {_decision(s['status'], s['reason'])}; receipt: "
+                  + (_decision(s['receipt']['status'], s['receipt']['reason']) if s.get("receipt") else "none")
                   for s in report.signed]
         lines += [f"  round {f['round']}: a reply in this name that was not signed here, {f['status']} "
                   f"({f['reason']})" for f in report.stopped_forgeries]
@@ -159,6 +161,10 @@ def audit_mine(
     emit(as_json, report.to_json(), human)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _decision(status: str, reason: str | None) -> str:
+    return status + (f" ({reason})" if reason else "")
 
 
 if __name__ == "__main__":  # pragma: no cover - the detached signer and the node's signer run this

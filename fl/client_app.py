@@ -11,6 +11,10 @@ is shipped by the coordinator, and the key stays with the institution's signer),
 demo's in-process simulation from the partition id (with a key object: one process,
 no institution boundary to keep).
 
+A message may carry the coordinator's signed receipt for this node's last reply
+(:data:`ledger.receipts.RECEIPT_RECORD`); it is handed to the institution's signer,
+which checks and journals it. Without a signer socket (the simulation) it is left alone.
+
 Every message from the coordinator names the digest of the data schema it trains under
 (``data-schema``); an institution whose own declared schema differs refuses it, so no
 model is trained or evaluated on data read under another schema.
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -37,10 +42,14 @@ from fl.config import FederationConfig, load_config
 from fl.model_spec import ModelSpec
 from fl.records import to_arrays, to_record
 from fl.runtime import configure_logging
+from fl.signer.client import SignerClient, SignerError
 from fl.signing import ManifestSigner, NoSigner, SignerSpec, key_signer, make_signing_mod, socket_signer
 from ledger.pki import load_private_key
+from ledger.receipts import RECEIPT_RECORD
 
-__all__ = ["ClientRuntime", "SchemaMismatch", "make_client_app", "node_config_resolver", "app"]
+__all__ = ["ClientRuntime", "SchemaMismatch", "hand_over_receipt", "make_client_app", "node_config_resolver", "app"]
+
+log = structlog.get_logger("fedledger.client")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,18 @@ class ClientRuntime:
         raise NoSigner(f"{self.participant}: the node config names no signer socket (`signer`)")
 
 
+def hand_over_receipt(runtime: ClientRuntime, msg: Message) -> None:
+    """Give the coordinator's receipt in ``msg`` to the institution's signer (which verifies
+    and journals it). A refused or undeliverable receipt does not stop the work: the
+    refusal is in the journal, and a missing receipt is what ``audit mine`` reports."""
+    if runtime.signer is None or RECEIPT_RECORD not in msg.content.config_records:
+        return
+    try:
+        SignerClient(runtime.signer).record_receipt(dict(msg.content.config_records[RECEIPT_RECORD]))
+    except SignerError as exc:
+        log.warning("receipt_not_recorded", participant=runtime.participant, error=str(exc)[:500])
+
+
 class SchemaMismatch(ValueError):
     """The coordinator asked for work under a data schema the institution did not declare."""
 
@@ -107,6 +128,7 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         runtime = resolve(context)
+        hand_over_receipt(runtime, msg)
         config = msg.content["config"]
         runtime.check_schema(config)
         # Only the training part: the hold-out is kept for federated evaluation.
@@ -135,6 +157,7 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
     def evaluate(msg: Message, context: Context) -> Message:
         """Evaluate the committed global model on this institution's hold-out (signed by the mod)."""
         runtime = resolve(context)
+        hand_over_receipt(runtime, msg)
         config = msg.content["config"]
         runtime.check_schema(config)
         _, _, X, y = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))

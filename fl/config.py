@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -93,6 +93,11 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
+# An MSP id names a folder of the workspace (``pki/<msp>/``): letters first, no slashes.
+MSP_PATTERN = r"^[A-Za-z][A-Za-z0-9.-]{0,127}$"
+MspId = Annotated[str, Field(pattern=MSP_PATTERN)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -110,7 +115,7 @@ class ParticipantConfig(_Model):
     """One institution of the federation."""
 
     id: str
-    msp_id: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,127}$")
+    msp_id: MspId
     data: Path | None = None
 
     _valid_id = field_validator("id")(lambda value: _check_id(value, "participant id"))
@@ -146,12 +151,19 @@ class FederationConfig(_Model):
     ledger: Literal["embedded", "fabric"] = "embedded"
     # The Fabric network's connection profile (``fedledger network up`` writes one).
     fabric_profile: Path | None = None
-    coordinator_msp: str = "CoordinatorMSP"
-    auditor_msps: list[str] = Field(default_factory=lambda: ["AuditorMSP"])
+    coordinator_msp: MspId = "CoordinatorMSP"
+    auditor_msps: list[MspId] = Field(default_factory=lambda: ["AuditorMSP"], max_length=64)
     reward_budget: int = Field(default=1000, ge=0)
     data_seed: int = 7
     dirichlet_alpha: float = Field(default=0.5, gt=0)
-    max_norm_ratio: float = Field(default=10.0, gt=1)
+    # The outlier test and the weight cap, written into the policy when the federation
+    # is created (the coordinator then reads them from the ledger): an update is an
+    # outlier when its change exceeds max_norm_ratio × the others' median change, or it
+    # claims more than max_weight_ratio × the others' median examples; no participant
+    # carries more than max_weight_share of a round's FedAvg weight.
+    max_norm_ratio: float = Field(default=10.0, gt=1, le=1000)
+    max_weight_ratio: float = Field(default=10.0, gt=1, le=1_000_000)
+    max_weight_share: float = Field(default=0.8, gt=0, le=1)
     # Prometheus /metrics of the coordinator on 127.0.0.1:<port> (off when unset).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Participants that must be connected before a round starts (default: all of them).
@@ -178,6 +190,13 @@ class FederationConfig(_Model):
                 "(`fedledger network up` prints it)"
             )
         return self
+
+    @field_validator("auditor_msps")
+    @classmethod
+    def _unique_auditors(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("auditor MSP ids must be unique")
+        return value
 
     @field_validator("participants")
     @classmethod
@@ -347,7 +366,8 @@ def write_config(config: FederationConfig, path: Path) -> None:
     """
     lines = ["[federation]"]
     for key in ("id", "rounds", "ledger", "coordinator_msp", "reward_budget", "data_seed",
-                "dirichlet_alpha", "max_norm_ratio", "min_participants", "metrics_port"):
+                "dirichlet_alpha", "max_norm_ratio", "max_weight_ratio", "max_weight_share",
+                "min_participants", "metrics_port"):
         if getattr(config, key) is not None:
             lines.append(f"{key} = {_toml(getattr(config, key))}")
     lines.append(f"workdir = {_toml(str(config.workdir))}")

@@ -26,6 +26,8 @@ from fl.data import DataSchema
 from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
 from fl.identities import CredentialsError, adopt_network_cas, member_credentials
 from fl.server_app import CoordinatorRun, federation_policy
+from fl.onboarding import count_rows
+from ledger.declarations import declare_examples
 from ledger.factory import open_ledger
 from ledger.incentives import issue_pending_rewards
 from ledger.pki import certificate_pem, demo_identity
@@ -110,8 +112,9 @@ def _fresh_workdir(workdir: Path) -> None:
 
 
 def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
-    """The banks' data files, identities, federation, registration by each institution,
-    admission.
+    """The banks' data files, identities, federation, registration by each institution
+    (its org CA once, then its certificate and its data file's row count, declared in a
+    statement signed with its key), admission.
 
     On the embedded ledger every organisation gets a demo CA and its members demo
     certificates; on Fabric the ledger identities are the network's and participant
@@ -133,11 +136,19 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     try:
         ledger.init_federation(cfg.id, federation_policy(cfg))
+        orgs_with_ca: set[str] = set()
         for participant in cfg.participants:
-            _, cert, _ = demo_identity(pki, participant.id, participant.msp_id)
-            member = member_credentials(cfg, participant.msp_id, participant.id)
-            reg = ledger.with_identity(member).register_participant(
-                cfg.id, participant.id, certificate_pem(cert), {"org": participant.msp_id}
+            key, cert, ca_cert = demo_identity(pki, participant.id, participant.msp_id)
+            member = ledger.with_identity(member_credentials(cfg, participant.msp_id, participant.id))
+            if participant.msp_id not in orgs_with_ca:
+                member.register_org_ca(cfg.id, certificate_pem(ca_cert))
+                orgs_with_ca.add(participant.msp_id)
+            if participant.data is None:
+                raise DemoError(f"participant {participant.id} has no data file to declare the size of")
+            examples = count_rows(participant.data)
+            reg = member.register_participant(
+                cfg.id, participant.id, certificate_pem(cert), {"org": participant.msp_id},
+                declare_examples(cfg.id, participant.id, examples, key),
             )
             adm = ledger.admit_participant(cfg.id, participant.id)
             lines.append({"participant": participant.id, "msp_id": participant.msp_id,

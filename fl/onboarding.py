@@ -2,7 +2,11 @@
 
 * An institution creates its key and CSR (:func:`keygen`), has its org CA sign it
   (:func:`ca_init` / :func:`ca_sign` — a demo CA; a real institution uses its own), and
-  registers the certificate on the ledger **as its own organisation** (:func:`register`).
+  registers the certificate on the ledger **as its own organisation** (:func:`register`),
+  with the size of its dataset in a declaration signed with its key. The org's CA
+  certificate is registered first, once per federation (:func:`register_org_ca`;
+  :func:`register` does it when the org has none yet): the contract checks every
+  participant certificate's signature against it.
 * The coordinator admits or revokes it (:func:`admit`, :func:`revoke`); anyone lists.
 
 Every ledger call goes through :func:`ledger.factory.open_ledger` with the caller's
@@ -12,6 +16,7 @@ before the ledger is touched, so the common mistakes fail with a clear local mes
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 from collections.abc import Iterator, Mapping
@@ -26,6 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from fl.config import ConfigError, FederationConfig
 from ledger import pki
+from ledger.declarations import SignedDeclaration, declare_examples
+from ledger.errors import DuplicateRecord, RecordNotFound
 from ledger.factory import LedgerConfig, open_ledger
 from fl.identities import member_credentials
 from ledger.identity import Credentials
@@ -43,6 +50,8 @@ __all__ = [
     "registrant",
     "coordinator_credentials",
     "register",
+    "register_org_ca",
+    "count_rows",
     "admit",
     "revoke",
     "list_participants",
@@ -79,6 +88,8 @@ class Registrant:
     cert: Path
     ca_cert: Path | None
     identity: Credentials
+    key: Path | None = None
+    data: Path | None = None
 
 
 def registrant(cfg: FederationConfig, participant: str, *, msp_id: str | None = None, cert: Path | None = None,
@@ -86,8 +97,9 @@ def registrant(cfg: FederationConfig, participant: str, *, msp_id: str | None = 
                identity_key: Path | None = None) -> Registrant:
     """Fill in what ``participant register`` was not told from the federation file.
 
-    The org is ``msp_id`` or the participant's ``msp_id`` in the file; the certificate
-    and org CA default to the workspace's. The participant calls the ledger as its own
+    The org is ``msp_id`` or the participant's ``msp_id`` in the file; the certificate,
+    org CA and signing key default to the workspace's, the data file to the participant's
+    ``data`` in the file (its rows are the default declared size). The participant calls the ledger as its own
     org: on Fabric (or with ``identity_cert``) with the org's ledger identity, on the
     embedded ledger with its own certificate.
     """
@@ -102,7 +114,21 @@ def registrant(cfg: FederationConfig, participant: str, *, msp_id: str | None = 
         identity = member_credentials(cfg, msp, participant, cert=identity_cert, key=identity_key)
     else:
         identity = Credentials.from_files(msp, cert_path, identity_key)
-    return Registrant(msp, cert_path, ca_cert, identity)
+    key = cfg.workspace.key(msp, participant)
+    return Registrant(msp, cert_path, ca_cert, identity, key if key.exists() else None,
+                      entry.data if entry else None)
+
+
+def count_rows(path: Path) -> int:
+    """Data rows of a CSV file (its header excluded): the most examples it can train on."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = sum(1 for row in csv.reader(handle) if row)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot count the rows of the data file: {exc}") from exc
+    if rows < 2:
+        raise ConfigError(f"{path}: the data file has no data rows below its header")
+    return rows - 1
 
 
 def identity_from_cert(msp_id: str, cert_path: Path) -> Identity:
@@ -168,34 +194,71 @@ def _common_name(cert: x509.Certificate) -> str | None:
     return str(names[0].value) if names else None
 
 
+def register_org_ca(target: LedgerTarget, identity: Credentials | Identity, ca_cert_path: Path) -> TxReceipt:
+    """Register the org's CA certificate (once per federation), called as the org: the
+    CA must have issued the caller's own certificate."""
+    ca = pki.load_certificate(ca_cert_path)
+    with open_target(target, identity) as ledger:
+        return ledger.register_org_ca(target.federation, pki.certificate_pem(ca))
+
+
 def register(
     target: LedgerTarget,
-    identity: Identity,
+    identity: Credentials | Identity,
     participant: str,
     cert_path: Path,
     *,
+    examples: int,
+    key_path: Path | None,
     ca_cert_path: Path | None = None,
-    key_path: Path | None = None,
     meta: Mapping[str, Any] | None = None,
+    declaration: SignedDeclaration | None = None,
 ) -> TxReceipt:
-    """Register ``participant``'s certificate, called as its own organisation.
+    """Register ``participant``'s certificate and dataset size, called as its own organisation.
+
+    ``declaration``: the size declaration already signed elsewhere (by a key in a token,
+    say); then ``key_path`` may be ``None`` and ``examples`` is not used.
 
     Checked locally first: the certificate names ``participant`` (CN), is P-256 and valid
-    now; with ``ca_cert_path`` it must be issued by that CA; with ``key_path`` the key must
-    be the certificate's. The contract then checks that the caller's org CA issued it.
+    now; with ``ca_cert_path`` it must be issued by that CA; the key at ``key_path`` must
+    be the certificate's, since it signs the declaration of ``examples``. When the org has
+    registered no CA in the federation yet, ``ca_cert_path`` is registered first. The
+    contract then checks the certificate's and the caller's signatures against that CA.
     """
+    if key_path is None and declaration is None:
+        raise pki.KeyFileError(
+            f"registering {participant} needs its private key (--key), to sign the declaration of its dataset size"
+        )
+    if type(examples) is not int or examples < 1:
+        raise ConfigError(f"the declared number of examples must be a positive integer, not {examples!r}")
     cert = pki.load_certificate(cert_path)
     cn = _common_name(cert)
     if cn != participant:
         raise pki.CertificateError(f"{cert_path}: certificate CN is {cn!r}, not participant {participant!r}")
     key = pki.load_private_key(key_path) if key_path is not None else None
-    if ca_cert_path is not None:
-        pki.validate_participant_cert(cert, pki.load_certificate(ca_cert_path), key)
+    ca_cert = pki.load_certificate(ca_cert_path) if ca_cert_path is not None else None
+    if ca_cert is not None:
+        pki.validate_participant_cert(cert, ca_cert, key)
     else:
         _check_standalone(cert, key)
+    if declaration is None:
+        assert key is not None
+        declaration = declare_examples(target.federation, participant, examples, key)
     with open_target(target, identity) as ledger:
+        try:
+            ledger.org_ca(target.federation, identity.msp_id)
+        except RecordNotFound:
+            if ca_cert is None:
+                raise pki.CertificateError(
+                    f"{identity.msp_id} has registered no CA certificate in federation {target.federation}: "
+                    "give the org CA certificate (--ca-cert) to register it first"
+                ) from None
+            try:
+                ledger.register_org_ca(target.federation, pki.certificate_pem(ca_cert))
+            except DuplicateRecord:
+                pass  # another registration of the org registered it meanwhile
         return ledger.register_participant(target.federation, participant, pki.certificate_pem(cert),
-                                           dict(meta or {}))
+                                           dict(meta or {}), declaration)
 
 
 def _check_standalone(cert: x509.Certificate, key: Any) -> None:

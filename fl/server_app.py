@@ -77,7 +77,8 @@ def validation_digest(cfg: FederationConfig) -> str | None:
 def federation_policy(cfg: FederationConfig) -> FederationPolicy:
     """The policy a federation is created with: auditors, budget, scorer, aggregation, the
     digests of the data schema, of the initial model and of the coordinator's validation
-    file, and the hold-out share of federated evaluation (all on the ledger)."""
+    file, the hold-out share of federated evaluation, the outlier test's ratios and the
+    cap on any one participant's weight share (all on the ledger)."""
     return FederationPolicy(
         auditor_msps=list(cfg.auditor_msps),
         reward_budget=cfg.reward_budget,
@@ -87,6 +88,9 @@ def federation_policy(cfg: FederationConfig) -> FederationPolicy:
         model=update_digest(initial_model(cfg)),
         validation_digest=validation_digest(cfg),
         eval_fraction_ppm=round(cfg.eval_fraction * PPM),
+        max_weight_share_ppm=max(1, round(cfg.max_weight_share * PPM)),
+        outlier_norm_ratio_ppm=max(PPM + 1, round(cfg.max_norm_ratio * PPM)),
+        outlier_weight_ratio_ppm=max(PPM + 1, round(cfg.max_weight_ratio * PPM)),
     )
 
 
@@ -183,6 +187,8 @@ def run_coordinator(
             scorer=policy.scorer,
             aggregation=policy.aggregation,
             max_num_examples=policy.max_num_examples,
+            # Receipts are signed with the coordinator's ledger key, where this process holds it.
+            receipts=identity if isinstance(identity, Credentials) and identity.signer is not None else None,
         )
         strategy.start(grid, to_record(state.arrays), num_rounds=remaining, timeout=timeout)
         return CoordinatorRun(state.completed, strategy.summaries, initial_metrics)

@@ -20,11 +20,22 @@ A coordinator stopped between ``CommitModel`` and ``RecordEvaluation`` resumes f
 committed model; that round keeps no evaluation (the contract refuses one once the next
 round is recorded: evaluations are not back-filled) and has no line in the rounds log —
 the ledger is the record of it.
+
+Every rejected reply leaves its evidence like an accepted one: the signed manifest and
+signature go into the round record, and its tensors, where they decode within a bound
+(``max_evidence_bytes``), into the artifact store — a ``digest_mismatch`` entry names the
+received tensors' digest in its ``detail`` — so an auditor can decide every rejection
+again (:mod:`ledger.audit_rejections`). After ``RecordRound`` commits, each node whose
+reply was decided gets a receipt signed by the coordinator's ledger identity
+(:mod:`ledger.receipts`) with the next message it is sent: the evaluate message of the
+same round, or the next round's train message when there is no evaluation.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from numpy.lib import format as npy_format
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -40,6 +52,7 @@ from flwr.serverapp.strategy import FedAvg
 from fl.deploy.binding import NodeDirectory, active_only
 from fl.evaluation import EVAL_FRACTION_KEY
 from fl.records import to_arrays, to_record
+from fl.signing import AUDIT_KEY
 from fl.verification import (
     EvaluationContext,
     KeyCache,
@@ -50,14 +63,28 @@ from fl.verification import (
     verify_round,
 )
 from ledger.aggregate import AGGREGATORS
-from ledger.artifacts import ArtifactStore
+from ledger.artifacts import ArtifactError, ArtifactStore
+from ledger.audit_rejections import mismatch_detail
 from ledger.errors import LedgerError
+from ledger.identity import Credentials
 from ledger.protocol import Ledger
-from ledger.formats import PPM
-from ledger.records import EvaluationEntry, EvaluationRecord, ModelCommit, RoundEntry, RoundRecord, ScorerSpec
+from ledger.formats import PPM, update_digest
+from ledger.receipts import RECEIPT_RECORD, ReceiptError, SignedReceipt, round_receipts
+from ledger.records import (
+    EvaluationEntry,
+    EvaluationRecord,
+    FederationPolicy,
+    ModelCommit,
+    RoundEntry,
+    RoundRecord,
+    ScorerSpec,
+)
+from ledger.robustness import global_change_norm, previous_base
 from ledger.scoring import SCORERS
 
-__all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary"]
+__all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary", "RECEIPT_KEY"]
+
+RECEIPT_KEY = RECEIPT_RECORD  # the ConfigRecord carrying a node's signed receipt
 
 log = structlog.get_logger("fedledger.coordinator")
 
@@ -119,6 +146,8 @@ class AuditedFedAvg(FedAvg):
         aggregation: str = "fedavg",
         max_num_examples: int = 1_000_000,
         eval_fraction_ppm: int | None = None,
+        receipts: Credentials | None = None,
+        max_evidence_bytes: int | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -156,6 +185,14 @@ class AuditedFedAvg(FedAvg):
         # The hold-out share, in millionths (None: the federation policy's, read once).
         self._eval_fraction_ppm = eval_fraction_ppm
         self._pending: RoundSummary | None = None  # committed, its evaluation not yet recorded
+        self._policy: FederationPolicy | None = None
+        # Who signs receipts (the coordinator's ledger identity; None: no receipts), and
+        # the receipts not yet delivered, by node id.
+        self.receipts = receipts
+        self._receipts: dict[str, SignedReceipt] = {}
+        # A rejected reply's tensors are kept only up to this many bytes (None: four
+        # times the global model's size, at least 1 MiB), so no reply can fill the store.
+        self.max_evidence_bytes = max_evidence_bytes
 
     def ledger_round(self, server_round: int) -> int:
         """The federation's round number for Flower's ``server_round`` (after a resume)."""
@@ -183,7 +220,7 @@ class AuditedFedAvg(FedAvg):
         if self.node_directory is None:
             self._sent = {str(m.metadata.dst_node_id) for m in messages}
             self._sent_ids = [m.metadata.dst_node_id for m in messages]
-            return messages
+            return self._with_receipts(messages)
         self.node_directory.update(grid.get_nodes(), participants)
         chosen = active_only(messages, self.node_directory, participants)
         if not chosen:
@@ -192,7 +229,7 @@ class AuditedFedAvg(FedAvg):
                  skipped=len(messages) - len(chosen))
         self._sent = {str(m.metadata.dst_node_id) for m in chosen}
         self._sent_ids = [m.metadata.dst_node_id for m in chosen]
-        return chosen
+        return self._with_receipts(chosen)
 
     def begin_round(self, server_round: int, base_arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Remember the round's global model; return the config every participant gets."""
@@ -206,6 +243,23 @@ class AuditedFedAvg(FedAvg):
         # Clients train only on what they do not hold out for evaluation.
         return {"federation": self.federation, "round": round_no, "base-model": base_model,
                 **self.train_settings, EVAL_FRACTION_KEY: self.eval_fraction_ppm(round_no) / PPM}
+
+    def policy(self, round_no: int = 0) -> FederationPolicy:
+        """The federation's on-ledger policy (read once)."""
+        if self._policy is None:
+            try:
+                self._policy = self.ledger.get_federation(self.federation).policy
+            except LedgerError as exc:
+                raise RoundFailed(f"round {round_no}: cannot read the federation policy: {exc}") from exc
+        return self._policy
+
+    def _previous_base(self, round_no: int) -> dict[str, np.ndarray] | None:
+        """G_{r-1}, the model the previous round trained from (None in round 1), as the
+        ledger and the artifact store hold it — where the auditor takes it from too."""
+        try:
+            return previous_base(self.ledger, self.federation, round_no, self.artifacts)
+        except (LedgerError, ArtifactError) as exc:
+            raise RoundFailed(f"round {round_no}: the previous global model cannot be read: {exc}") from exc
 
     def eval_fraction_ppm(self, round_no: int = 0) -> int:
         """The share of rows each institution holds out, in millionths (0: no federated evaluation)."""
@@ -228,6 +282,7 @@ class AuditedFedAvg(FedAvg):
             participants = {p.id: p for p in self.ledger.participants(self.federation)}
         except LedgerError as exc:
             raise RoundFailed(f"round {round_no}: cannot read participants: {exc}") from exc
+        previous = self._previous_base(round_no)
         ctx = RoundContext(
             federation=self.federation,
             round=round_no,
@@ -237,6 +292,9 @@ class AuditedFedAvg(FedAvg):
             node_owner=self.node_owner,
             max_norm_ratio=self.max_norm_ratio,
             max_num_examples=self.max_num_examples,
+            # The on-ledger policy and the last global change: what the auditor recomputes with.
+            policy=self.policy(round_no),
+            previous_change=global_change_norm(previous, base_arrays) if previous is not None else None,
         )
         verdict = verify_round(replies, ctx, self.keys)
         # A node that was asked and never answered leaves evidence too.
@@ -247,7 +305,8 @@ class AuditedFedAvg(FedAvg):
                                               reason="no_reply", detail="no reply before the round's timeout",
                                               node=node[:64]))
         verdict.entries.sort(key=entry_order)
-        scores = SCORERS[self.scorer.name](base_arrays, verdict.accepted)
+        verdict.entries = self._keep_evidence(replies, verdict.entries, base_arrays)
+        scores = SCORERS[self.scorer.name](base_arrays, verdict.accepted, previous)
         entries = [
             e.model_copy(update={"score_ppm": scores[e.participant]}) if e.status == "accepted" else e
             for e in verdict.entries
@@ -265,6 +324,7 @@ class AuditedFedAvg(FedAvg):
         ledger_seconds = time.perf_counter() - ledger_started
         log.info("round_recorded", round=round_no, tx_id=record_rx.tx_id, block=record_rx.block_number,
                  accepted=len(verdict.accepted), rejected=len(verdict.rejected()))
+        self._sign_receipts(record, record_rx.tx_id)
         new_arrays = AGGREGATORS[self.aggregation](verdict.accepted) if verdict.accepted else base_arrays
         model = self.artifacts.put(new_arrays)
         commit = ModelCommit(
@@ -317,6 +377,59 @@ class AuditedFedAvg(FedAvg):
         if self.on_round is not None:
             self.on_round(summary)
 
+    def _keep_evidence(self, replies: list[Message], entries: list[RoundEntry],
+                       base_arrays: Mapping[str, np.ndarray]) -> list[RoundEntry]:
+        """Store every rejected reply's tensors (within the bound) in the artifact store;
+        a ``digest_mismatch`` entry's detail names the received tensors in full."""
+        limit = self.max_evidence_bytes
+        if limit is None:
+            limit = max(4 * sum(int(np.asarray(a).nbytes) for a in base_arrays.values()), 1 << 20)
+        by_reply: dict[tuple[str, str], Message] = {}
+        for reply in replies:
+            text = _manifest_text(reply)
+            if text is not None:
+                by_reply.setdefault((str(reply.metadata.src_node_id)[:64], text), reply)
+        kept: list[RoundEntry] = []
+        evidence: list[dict[str, np.ndarray]] = []
+        for entry in entries:
+            reply = by_reply.get((entry.node or "", entry.manifest)) if entry.manifest is not None else None
+            arrays = _bounded_arrays(reply, limit) if entry.status == "rejected" and reply is not None else None
+            if arrays is not None:
+                evidence.append(arrays)
+                if entry.reason == "digest_mismatch" and entry.update is not None:
+                    entry = entry.model_copy(update={"detail": mismatch_detail(update_digest(arrays), entry.update)})
+            kept.append(entry)
+        self.artifacts.put_many(evidence)
+        return kept
+
+    def _sign_receipts(self, record: RoundRecord, record_tx: str) -> None:
+        """Sign a receipt for every node with a decided reply, to go out with its next message."""
+        self._receipts = {}
+        if self.receipts is None:
+            return
+        try:
+            self._receipts = round_receipts(self.federation, record, record_tx, self.receipts)
+        except ReceiptError as exc:
+            # The round is on the ledger already; a receipt is the institution's extra proof.
+            log.error("receipts_not_signed", round=record.round, error=str(exc))
+            return
+        log.info("receipts_signed", round=record.round, nodes=len(self._receipts))
+
+    def _with_receipts(self, messages: list[Message]) -> list[Message]:
+        """Give each message's node its pending receipt (each message gets its own content)."""
+        if not self._receipts:
+            return messages
+        out = []
+        for message in messages:
+            signed = self._receipts.pop(str(message.metadata.dst_node_id), None)
+            if signed is not None:
+                content = RecordDict({**dict(message.content),
+                                      RECEIPT_KEY: ConfigRecord(signed.model_dump(mode="json"))})
+                message = Message(content=content, message_type=message.metadata.message_type,
+                                  dst_node_id=message.metadata.dst_node_id)
+            out.append(message)
+        return out
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -341,7 +454,7 @@ class AuditedFedAvg(FedAvg):
         })
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: content})
         log.info("evaluation_sent", round=pending.round, model=pending.model, nodes=len(self._sent_ids))
-        return self._construct_messages(record, list(self._sent_ids), MessageType.EVALUATE)
+        return self._with_receipts(list(self._construct_messages(record, list(self._sent_ids), MessageType.EVALUATE)))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Verify the signed evaluations, record all of them with one ``RecordEvaluation``,
@@ -389,6 +502,55 @@ class AuditedFedAvg(FedAvg):
         summary.evaluation_tx, summary.evaluation_block = receipt.tx_id, receipt.block_number
         self._finish(summary)
         return MetricRecord({k: v for k, v in summary.evaluation_mean.items() if v is not None})
+
+
+def _manifest_text(reply: Message) -> str | None:
+    """The audit manifest a reply carries, if it carries one as a string."""
+    if reply.has_error():
+        return None
+    try:
+        audit = reply.content[AUDIT_KEY]
+        text = audit["manifest"] if isinstance(audit, ConfigRecord) else None
+    except (KeyError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _bounded_arrays(reply: Message, limit: int) -> dict[str, np.ndarray] | None:
+    """A reply's tensors when they decode and their bytes stay within ``limit``; else None."""
+    try:
+        records = reply.content.array_records
+        if len(records) != 1:
+            return None
+        record = next(iter(records.values()))
+        if sum(len(array.data) for array in record.values()) > limit:
+            return None
+        arrays = {name: _npy_tensor(array.data) for name, array in record.items()}
+    except (KeyError, TypeError, ValueError, AttributeError, EOFError, SyntaxError, UnicodeError):
+        return None
+    return None if any(a is None for a in arrays.values()) else arrays  # type: ignore[return-value]
+
+
+def _npy_tensor(data: bytes) -> np.ndarray | None:
+    """One ``.npy`` payload whose header's shape matches its data bytes exactly; else None.
+
+    The header is read first: ``np.load`` would allocate whatever shape a header claims.
+    """
+    stream = io.BytesIO(data)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        return None
+    if dtype.hasobject or dtype.kind not in "biufc":
+        return None
+    count, offset = math.prod(shape), stream.tell()
+    if len(data) - offset != count * dtype.itemsize:
+        return None
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="C")
 
 
 def _metrics(accuracy: int | None, auc: int | None, log_loss: int | None,

@@ -11,7 +11,17 @@ honest participant out by sending a forged reply in its name first, and would ma
 record depend on arrival order.
 
 Nothing a participant sends can stop the round: undecodable, mistyped or oversized
-content is recorded as ``malformed`` and the round goes on.
+content is recorded as ``malformed`` and the round goes on. Tensors are decoded only
+after their declared names, dtypes, shapes and sizes fit the global model's bound
+(:func:`reply_bound`), by a parser that allocates no more than was declared; a round
+decodes at most ``max_round_bytes`` in all (replies taken in node order, so the
+outcome does not depend on arrival).
+
+A participant's signed ``num_examples`` may not exceed the dataset size it declared at
+registration (``examples_over_declared``, checked right after the ``malformed`` bounds).
+The outlier test (:func:`ledger.robustness.outliers`) weighs example counts as well as
+the size of each change, with the on-ledger policy's parameters, and the accepted
+updates carry their FedAvg weights capped by the policy (:func:`ledger.aggregate.capped`).
 
 :func:`verify_evaluations` does the same for the evaluate replies about the model a round
 committed: reply error → malformed → wrong federation / round / model → unknown, not
@@ -22,7 +32,8 @@ duplicate (among authenticated replies, for the reason given above).
 from __future__ import annotations
 
 import datetime as dt
-import statistics
+import io
+import math
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,11 +42,11 @@ import numpy as np
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from numpy.lib import format as npy_format
 
-from fl.records import to_arrays
 from fl.signing import AUDIT_KEY
-from ledger.aggregate import WeightedUpdate
+from ledger.aggregate import WeightedUpdate, capped
 from ledger.formats import (
     MAX_SIGNATURE_B64,
     EvaluationManifest,
@@ -46,10 +57,18 @@ from ledger.formats import (
     update_digest,
     verify,
 )
-from ledger.records import EvaluationEntry, Participant, RoundEntry
+from ledger.formats import PPM
+from ledger.records import EvaluationEntry, FederationPolicy, Participant, RoundEntry
+from ledger.robustness import outliers
 
 __all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache",
-           "EvaluationContext", "verify_evaluations"]
+           "EvaluationContext", "verify_evaluations", "reply_bound", "MAX_ROUND_BYTES"]
+
+# What one round may decode in all, by default: replies past it are refused unread.
+MAX_ROUND_BYTES = 2 << 30
+# An .npy header is ~128 bytes; version 1.0 allows 64 KiB, more is not a tensor.
+_MAX_NPY_HEADER = 65_546
+_NUMERIC_KINDS = "biufc"
 
 log = structlog.get_logger("fedledger.coordinator")
 
@@ -99,10 +118,40 @@ class RoundContext:
     # Maps a reply's transport node (Flower node id) to the participant it authenticated
     # as; None where the transport does not authenticate nodes (simulation).
     node_owner: Callable[[str], str | None] | None = None
+    # The federation's on-ledger policy: num_examples bound, outlier test, weight cap.
+    # Without one (older callers), the two fields below and the policy defaults apply.
+    policy: FederationPolicy | None = None
     max_norm_ratio: float = 10.0
     max_num_examples: int = 1_000_000
+    # The norm of the previous round's global change (ledger.robustness.global_change_norm),
+    # a reference for the outlier test when a round has fewer than three candidates.
+    previous_change: float | None = None
+    # Bytes one reply's tensors may declare (default: reply_bound(base_arrays)), and
+    # bytes the whole round may decode.
+    max_reply_bytes: int | None = None
+    max_round_bytes: int = MAX_ROUND_BYTES
     # When certificates are checked for validity (default: now).
     now: dt.datetime | None = None
+
+    def rules(self) -> FederationPolicy:
+        """The policy the round is checked under."""
+        if self.policy is not None:
+            return self.policy
+        return FederationPolicy(max_num_examples=self.max_num_examples,
+                                outlier_norm_ratio_ppm=round(self.max_norm_ratio * PPM))
+
+    def reply_bytes(self) -> int:
+        """The most tensor bytes one reply may declare."""
+        return self.max_reply_bytes if self.max_reply_bytes is not None else reply_bound(self.base_arrays)
+
+
+def reply_bound(base_arrays: Mapping[str, np.ndarray]) -> int:
+    """The default bound on one reply's tensor bytes: twice the global model, plus 64 KiB.
+
+    Room for a wrongly shaped but signed update to be decoded and recorded as
+    ``wrong_shape`` (evidence the auditor can recompute), none for a memory bomb.
+    """
+    return 2 * sum(int(np.asarray(a).nbytes) for a in base_arrays.values()) + 65_536
 
 
 @dataclass
@@ -125,6 +174,14 @@ class _Candidate:
     manifest_text: str | None = None
     signature: str | None = None
     arrays: dict[str, np.ndarray] | None = None
+    nbytes: int = 0  # tensor bytes decoded for it (counted against the round's budget)
+
+
+@dataclass
+class _Budget:
+    """Tensor bytes the round may still decode."""
+
+    left: int
 
 
 # What decoding hostile bytes can raise (numpy's loader, zip, JSON nesting, bad types).
@@ -132,8 +189,72 @@ _DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, EOFError, OSE
                   zipfile.BadZipFile, RecursionError, UnicodeError)
 
 
-def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
-    """reply_error and malformed: fill ``cand`` from the reply or raise UpdateRejected."""
+def _declared_bytes(record: ArrayRecord, ctx: RoundContext) -> int:
+    """The tensor bytes ``record`` declares, checked against the global model before any
+    tensor is decoded: plain numeric dtypes, shapes of non-negative sizes, data no longer
+    than declared, no more tensors or bytes than the reply bound allows."""
+    if len(record) > 2 * len(ctx.base_arrays) + 16:
+        raise UpdateRejected("malformed", f"{len(record)} tensors, the global model has {len(ctx.base_arrays)}")
+    limit = ctx.reply_bytes()
+    total = 0
+    for name, array in record.items():
+        if not isinstance(array, Array) or array.stype != "numpy.ndarray":
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} is not a numpy array")
+        try:
+            dtype = np.dtype(array.dtype)
+        except (TypeError, ValueError) as exc:
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} declares dtype {str(array.dtype)[:32]!r}") from exc
+        shape = array.shape
+        if (dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None
+                or dtype.subdtype is not None):
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} declares dtype {dtype.str}, not a plain number")
+        if not isinstance(shape, (tuple, list)) or len(shape) > 32 or any(
+                type(d) is not int or d < 0 for d in shape):
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} declares shape {str(shape)[:64]}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        total += nbytes
+        if total > limit:
+            raise UpdateRejected("malformed", f"tensors declare more than {limit} bytes (the reply bound)")
+        if not isinstance(array.data, bytes) or len(array.data) > nbytes + _MAX_NPY_HEADER:
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} carries more bytes than it declares")
+    return total
+
+
+def _decode_tensor(name: str, array: Array) -> np.ndarray:
+    """Decode one ``.npy`` payload that must hold exactly the declared dtype and shape.
+
+    The header is read and compared first, so nothing larger than declared is allocated
+    (``np.load`` would allocate whatever shape a header claims before reading the data).
+    """
+    data = array.data
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise UpdateRejected("malformed", f"tensor {name[:64]!r} uses .npy version {version}")
+    except UpdateRejected:
+        raise
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise UpdateRejected("malformed", f"tensor {name[:64]!r} is not an .npy array: {exc}"[:300]) from exc
+    if dtype != np.dtype(array.dtype) or tuple(shape) != tuple(array.shape):
+        raise UpdateRejected("malformed", f"tensor {name[:64]!r} holds {dtype.str}{list(shape)}, "
+                                          f"declares {array.dtype}{list(array.shape)}"[:300])
+    offset = stream.tell()
+    count = math.prod(shape)
+    if len(data) - offset != count * dtype.itemsize:
+        raise UpdateRejected("malformed", f"tensor {name[:64]!r} has {len(data) - offset} data bytes, "
+                                          f"its shape needs {count * dtype.itemsize}")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="C")
+
+
+def _decode(reply: Message, ctx: RoundContext, cand: _Candidate, budget: _Budget) -> None:
+    """reply_error, malformed and examples_over_declared: fill ``cand`` from the reply or
+    raise UpdateRejected."""
     if reply.has_error():
         # The client's error text can hold its local paths: only the code goes on the ledger.
         log.warning("reply_error", node=cand.node, code=reply.error.code, reason=str(reply.error.reason)[:500])
@@ -157,7 +278,14 @@ def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
         if not isinstance(metrics, MetricRecord):
             raise UpdateRejected("malformed", "'metrics' is not a MetricRecord")
         num_examples = metrics["num-examples"]
-        cand.arrays = to_arrays(content["arrays"])
+        record = content["arrays"]
+        declared = _declared_bytes(record, ctx)
+        if declared > budget.left:
+            raise UpdateRejected("malformed", f"the round's memory bound ({ctx.max_round_bytes} bytes) is "
+                                              "reached: the reply was not decoded")
+        budget.left -= declared
+        cand.nbytes = declared
+        cand.arrays = {name: _decode_tensor(name, array) for name, array in record.items()}
     except UpdateRejected:
         raise
     except FormatError as exc:
@@ -167,10 +295,14 @@ def _decode(reply: Message, ctx: RoundContext, cand: _Candidate) -> None:
     manifest = cand.manifest
     if num_examples != manifest.num_examples:
         raise UpdateRejected("malformed", "metrics num-examples differs from the signed manifest")
-    if not 1 <= manifest.num_examples <= ctx.max_num_examples:
-        raise UpdateRejected(
-            "malformed", f"num_examples {manifest.num_examples} outside 1..{ctx.max_num_examples}"
-        )
+    bound = ctx.rules().max_num_examples
+    if not 1 <= manifest.num_examples <= bound:
+        raise UpdateRejected("malformed", f"num_examples {manifest.num_examples} outside 1..{bound}")
+    participant = ctx.participants.get(manifest.participant)
+    declared_examples = participant.declared_examples if participant is not None else None
+    if declared_examples is not None and manifest.num_examples > declared_examples:
+        raise UpdateRejected("examples_over_declared", f"num_examples {manifest.num_examples} above the "
+                                                       f"{declared_examples} declared at registration")
 
 
 def _signer_of(pid: str, ctx: RoundContext | EvaluationContext, keys: KeyCache, node: str | None) -> Participant:
@@ -197,9 +329,9 @@ def _signer_of(pid: str, ctx: RoundContext | EvaluationContext, keys: KeyCache, 
     return participant
 
 
-def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Candidate) -> None:
+def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Candidate, budget: _Budget) -> None:
     """Decode, then replay / identity / digest / signature checks, in DESIGN §4 order."""
-    _decode(reply, ctx, cand)
+    _decode(reply, ctx, cand, budget)
     manifest = cand.manifest
     assert manifest is not None and cand.arrays is not None and cand.signature is not None
     if manifest.federation != ctx.federation:
@@ -256,28 +388,6 @@ def _entry(cand: _Candidate, status: str, reason: str | None = None, detail: str
     )
 
 
-def _outliers(cands: list[_Candidate], ctx: RoundContext) -> dict[str, str]:
-    """Updates whose change is far larger than the median change (norm ratio test)."""
-    if len(cands) < 3:
-        return {}
-    names = sorted(ctx.base_arrays)
-    norms = {}
-    for cand in cands:
-        assert cand.arrays is not None
-        sq = sum(
-            float(np.sum((cand.arrays[n].astype(np.float64) - ctx.base_arrays[n].astype(np.float64)) ** 2))
-            for n in names
-        )
-        norms[cand.participant] = sq**0.5
-    median = statistics.median(norms.values())
-    limit = ctx.max_norm_ratio * median
-    return {
-        p: f"update norm {n:.4g} exceeds {ctx.max_norm_ratio:g}× the median {median:.4g}"
-        for p, n in norms.items()
-        if median > 0 and n > limit
-    }
-
-
 def entry_order(entry: RoundEntry) -> tuple[str, str, str, str]:
     """The order of entries in a round record: independent of reply arrival."""
     return (entry.participant, entry.node or "", entry.manifest_hash or "", entry.reason or "")
@@ -289,16 +399,21 @@ def verify_round(
     """Check every reply of a round; return ledger entries and accepted updates.
 
     Entries come sorted by (participant, node, manifest hash) so the recorded round does
-    not depend on the order in which replies arrived.
+    not depend on the order in which replies arrived. ``accepted`` carries each update's
+    FedAvg weight: its signed ``num_examples`` capped by the policy's
+    ``max_weight_share_ppm`` (the weights ``CommitModel`` must record).
     """
     keys = keys or KeyCache()
     verdict = RoundVerdict()
     authentic: list[_Candidate] = []
-    for reply in replies:
+    budget = _Budget(ctx.max_round_bytes)
+    # Node order, not arrival order, decides which replies the memory bound refuses.
+    for reply in sorted(replies, key=_node_order):
         cand = _Candidate(node=str(reply.metadata.src_node_id))
         try:
-            _authenticate(reply, ctx, keys, cand)
+            _authenticate(reply, ctx, keys, cand, budget)
         except UpdateRejected as exc:
+            budget.left += cand.nbytes  # its tensors are dropped with it
             verdict.entries.append(_entry(cand, "rejected", exc.reason, exc.detail))
             continue
         authentic.append(cand)
@@ -317,19 +432,24 @@ def verify_round(
             verdict.entries.append(_entry(cand, "rejected", exc.reason, exc.detail))
             continue
         passed.append(cand)
-    outliers = _outliers(passed, ctx)
+    rules = ctx.rules()
+    signed = [WeightedUpdate(c.participant, c.manifest.num_examples, c.arrays)  # type: ignore[union-attr,arg-type]
+              for c in passed]
+    rejected = outliers(ctx.base_arrays, signed, rules, ctx.previous_change)
     for cand in passed:
-        if cand.participant in outliers:
-            verdict.entries.append(_entry(cand, "rejected", "outlier", outliers[cand.participant]))
-            continue
-        verdict.entries.append(_entry(cand, "accepted"))
-        assert cand.manifest is not None and cand.arrays is not None
-        verdict.accepted.append(
-            WeightedUpdate(cand.participant, cand.manifest.num_examples, cand.arrays)
-        )
+        if cand.participant in rejected:
+            verdict.entries.append(_entry(cand, "rejected", "outlier", rejected[cand.participant]))
+        else:
+            verdict.entries.append(_entry(cand, "accepted"))
+    verdict.accepted = capped([u for u in signed if u.participant not in rejected], rules.max_weight_share_ppm)
     verdict.entries.sort(key=entry_order)
     verdict.accepted.sort(key=lambda u: u.participant)
     return verdict
+
+
+def _node_order(reply: Message) -> tuple[int, str]:
+    node = str(reply.metadata.src_node_id)
+    return (len(node), node)
 
 
 # --- evaluation replies ---------------------------------------------------------------

@@ -3,6 +3,10 @@
 FedAvg here fixes everything floating-point results depend on: updates are taken in
 participant-id order, accumulated in float64, divided once, and cast back to each
 tensor's dtype. The coordinator and ``fedledger audit verify`` call the same function.
+
+The weights are the signed ``num_examples`` of the accepted entries, lowered by the
+policy's cap on any one participant's share (:func:`capped_weights`, the contract's own
+integer rule, so that ``CommitModel``, the coordinator and the auditor agree).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WeightedUpdate", "AggregationError", "fedavg", "AGGREGATORS"]
+from chaincode.weights import capped_weights
+
+__all__ = ["WeightedUpdate", "AggregationError", "fedavg", "capped_weights", "capped", "AGGREGATORS"]
 
 
 class AggregationError(ValueError):
@@ -26,6 +32,13 @@ class WeightedUpdate:
     participant: str
     weight: int
     arrays: Mapping[str, np.ndarray]
+
+
+def capped(updates: Sequence[WeightedUpdate], max_share_ppm: int | None) -> list[WeightedUpdate]:
+    """``updates`` with their weights (signed counts) capped at ``max_share_ppm`` of the total."""
+    weights = capped_weights({u.participant: u.weight for u in updates}, max_share_ppm)
+    return [u if u.weight == weights[u.participant] else WeightedUpdate(u.participant, weights[u.participant], u.arrays)
+            for u in updates]
 
 
 def fedavg(updates: Sequence[WeightedUpdate]) -> dict[str, np.ndarray]:

@@ -18,14 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate
+from ledger.audit_chains import check_chains
+from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate, capped
 from ledger.artifacts import ArtifactError, ArtifactStore
+from ledger.audit_rejections import audit_rejections
 from ledger.errors import LedgerError
 from ledger.formats import EvaluationManifest, FormatError, Manifest, SignatureError, update_digest, verify
 from ledger.incentives import compute_rewards
 from ledger.protocol import Ledger
 from ledger.records import EvaluationEntry, FederationPolicy, Participant, RoundEntry, RoundView
 from ledger.scoring import SCORERS
+from ledger.tokens import check_token_supply
 
 __all__ = ["AuditReport", "audit_federation", "backend_integrity"]
 
@@ -151,8 +154,12 @@ def _check_round(
     participants: dict[str, Participant],
     artifacts: ArtifactStore,
     report: AuditReport,
+    last_step_from: str | None = None,
 ) -> str:
-    """Check one round; return the model the next round must start from."""
+    """Check one round; return the model the next round must start from.
+
+    ``last_step_from`` is the previous round's base model: the scorer discounts the
+    global step from it to this round's base, as the coordinator did."""
     record = view.record
     where = f"round {view.round}"
     if record.base_model != previous_model:
@@ -183,6 +190,7 @@ def _check_round(
         if base is not None and not _check_tensors(arrays, base, f"{where} {entry.participant}", report):
             continue
         updates.append(WeightedUpdate(entry.participant, manifest.num_examples, arrays))
+    updates = capped(updates, policy.max_weight_share_ppm)  # the FedAvg weights the policy allows
     if view.commit is None:
         report.problems.append(f"{where}: recorded but no model committed")
         return previous_model
@@ -217,7 +225,12 @@ def _check_round(
     if scorer is None:
         report.problems.append(f"{where}: unknown scorer {record.scorer.name!r}: scores cannot be recomputed")
         return commit.model
-    scores = scorer(base, updates)
+    try:
+        previous = artifacts.get(last_step_from) if last_step_from else None
+    except ArtifactError as exc:
+        report.problems.append(f"{where}: previous global model unavailable, scores cannot be recomputed: {exc}")
+        return commit.model
+    scores = scorer(base, updates, previous)
     report.scores_recomputed += 1
     for entry in record.entries:
         recomputed_score = scores.get(entry.participant)
@@ -329,10 +342,14 @@ def audit_federation(
         before = len(report.problems)
         report.tx_ids += [r.tx_id for r in (view.record_tx, view.commit_tx, view.rewards_tx, view.evaluation_tx)
                           if r is not None]
-        model = _check_round(view, model, fed.policy, participants, artifacts, report)
+        last_step_from = rounds[expected - 2].record.base_model if expected >= 2 else None
+        model = _check_round(view, model, fed.policy, participants, artifacts, report, last_step_from)
+        report.problems += audit_rejections(ledger, view, fed.policy, artifacts)
         _check_evaluation(view, participants, report)
         report.round_problems[view.round] = report.problems[before:]
         report.rounds += 1
+    report.problems.extend(check_token_supply(ledger, federation, rounds, participants))
+    report.problems.extend(check_chains(ledger, federation, participants))
     if integrity is not None:
         integrity(report)
     return report

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ledger.declarations import SignedDeclaration
 from ledger.formats import canonical_json
 from ledger.records import (
     EvaluationRecord,
@@ -20,6 +21,7 @@ from ledger.records import (
     FederationPolicy,
     HistoryEntry,
     ModelCommit,
+    OrgCA,
     Participant,
     RoundRecord,
     TxReceipt,
@@ -49,11 +51,25 @@ class ContractCalls:
         """Create a federation; the caller's MSP becomes its coordinator."""
         return self._submit("InitFederation", [federation, _text(policy.canonical())])
 
+    def register_org_ca(self, federation: str, ca_cert_pem: str) -> TxReceipt:
+        """Register the caller's organisation's CA certificate (once per federation)."""
+        return self._submit("RegisterOrgCA", [federation, ca_cert_pem])
+
     def register_participant(
-        self, federation: str, participant: str, cert_pem: str, meta: dict[str, Any]
+        self,
+        federation: str,
+        participant: str,
+        cert_pem: str,
+        meta: dict[str, Any],
+        declaration: SignedDeclaration,
     ) -> TxReceipt:
-        """Register the caller's organisation's participant (status ``pending``)."""
-        return self._submit("RegisterParticipant", [federation, participant, cert_pem, _text(canonical_json(meta))])
+        """Register the caller's organisation's participant (status ``pending``) with its
+        signed dataset-size declaration."""
+        return self._submit(
+            "RegisterParticipant",
+            [federation, participant, cert_pem, _text(canonical_json(meta)), declaration.statement,
+             declaration.signature],
+        )
 
     def admit_participant(self, federation: str, participant: str) -> TxReceipt:
         """Coordinator: make a participant ``active``."""
@@ -88,6 +104,14 @@ class ContractCalls:
     def get_federation(self, federation: str) -> Federation:
         """The federation's stored definition."""
         return Federation.parse(self._query("GetFederation", [federation]))
+
+    def org_ca(self, federation: str, msp_id: str) -> OrgCA:
+        """The CA certificate ``msp_id`` registered in the federation."""
+        return OrgCA.parse(self._query("GetOrgCA", [federation, msp_id]))
+
+    def org_cas(self, federation: str) -> list[OrgCA]:
+        """Every registered org CA, sorted by MSP id."""
+        return [OrgCA.parse(c) for c in json.loads(self._query("ListOrgCAs", [federation]))]
 
     def participant(self, federation: str, participant: str) -> Participant:
         """One participant's registration."""

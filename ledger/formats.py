@@ -387,6 +387,13 @@ def verify(
         r, s = decode_dss_signature(der)
     except (binascii.Error, ValueError, UnicodeEncodeError, AttributeError) as exc:
         raise SignatureError("bad_signature", f"signature is not base64 DER: {exc}") from exc
+    # One signature, one spelling: base64 that decodes but is not how the bytes encode
+    # (padding bits set, padding missing) would let the recorded string vary for one
+    # signature, and so would re-encoded DER.
+    if base64.b64encode(der).decode("ascii") != signature_b64:
+        raise SignatureError("bad_signature", "signature is not canonical base64")
+    if encode_dss_signature(r, s) != der:
+        raise SignatureError("bad_signature", "signature is not canonical DER")
     if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
         raise SignatureError("bad_signature", "signature values out of range")
     if s > _HALF_ORDER:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ledger.declarations import SignedDeclaration
 from ledger.identity import Credentials
 from ledger.records import (
     EvaluationRecord,
@@ -22,6 +23,7 @@ from ledger.records import (
     HistoryEntry,
     Identity,
     ModelCommit,
+    OrgCA,
     Participant,
     RoundRecord,
     RoundView,
@@ -78,10 +80,22 @@ class Ledger(Protocol):
         """Create a federation; the caller's MSP becomes its coordinator."""
         ...
 
+    def register_org_ca(self, federation: str, ca_cert_pem: str) -> TxReceipt:
+        """Register the caller's organisation's CA certificate (once per federation); it
+        must have signed the caller's own certificate."""
+        ...
+
     def register_participant(
-        self, federation: str, participant: str, cert_pem: str, meta: dict[str, Any]
+        self,
+        federation: str,
+        participant: str,
+        cert_pem: str,
+        meta: dict[str, Any],
+        declaration: SignedDeclaration,
     ) -> TxReceipt:
-        """Register an institution's signing certificate (status ``pending``)."""
+        """Register an institution's signing certificate (status ``pending``) and its
+        dataset size, declared in ``declaration`` signed with the certificate's key.
+        The caller's org must have registered the CA that signed the certificate."""
         ...
 
     def admit_participant(self, federation: str, participant: str) -> TxReceipt:
@@ -124,6 +138,14 @@ class Ledger(Protocol):
 
     def list_rounds(self, federation: str) -> list[RoundView]:
         """Every recorded round, in round order."""
+        ...
+
+    def org_ca(self, federation: str, msp_id: str) -> OrgCA:
+        """The CA certificate ``msp_id`` registered in the federation."""
+        ...
+
+    def org_cas(self, federation: str) -> list[OrgCA]:
+        """Every registered org CA, sorted by MSP id."""
         ...
 
     def participant(self, federation: str, participant: str) -> Participant:

@@ -21,6 +21,7 @@ __all__ = [
     "ScorerSpec",
     "FederationPolicy",
     "Federation",
+    "OrgCA",
     "Participant",
     "ParticipantStatus",
     "RoundEntry",
@@ -38,6 +39,7 @@ REASONS: tuple[str, ...] = (
     "no_reply",
     "reply_error",
     "malformed",
+    "examples_over_declared",
     "wrong_federation",
     "wrong_round",
     "wrong_base_model",
@@ -123,6 +125,15 @@ class FederationPolicy(Record):
     # millionths; 0 turns federated evaluation off. Part of the policy so that every
     # institution and the auditor derive the same split.
     eval_fraction_ppm: int = Field(default=200_000, ge=0, le=900_000)
+    # The most of a round's FedAvg weight one participant may carry, in millionths; the
+    # largest signed counts are lowered to fit (ledger.aggregate.capped_weights). The
+    # default, no cap, is what policies written before the cap meant.
+    max_weight_share_ppm: int = Field(default=PPM, ge=1, le=PPM)
+    # The outlier test (ledger.robustness): an update is rejected when its change is more
+    # than this many millionths of the reference change (the median of the others'), …
+    outlier_norm_ratio_ppm: int = Field(default=10 * PPM, gt=PPM, le=1_000 * PPM)
+    # … or when it claims more than this many millionths of the others' median examples.
+    outlier_weight_ratio_ppm: int = Field(default=10 * PPM, gt=PPM, le=1_000_000 * PPM)
 
 
 class Federation(Record):
@@ -138,7 +149,9 @@ class Federation(Record):
 
 
 class Participant(Record):
-    """An institution's registration: its signing certificate and admission status."""
+    """An institution's registration: its signing certificate, admission status and the
+    dataset size it declared in a statement signed with the certificate's key
+    (``declared_examples``; ``None`` only on records written before declarations)."""
 
     federation: str
     id: str
@@ -149,8 +162,22 @@ class Participant(Record):
     registered_ms: int
     updated_ms: int
     updated_tx: str
+    declared_examples: int | None = Field(default=None, ge=1)
+    declaration: str | None = None
+    declaration_signature: str | None = None
 
     _id = field_validator("id")(_check_id)
+
+
+class OrgCA(Record):
+    """The CA certificate an organisation registered in a federation: it must have signed
+    every participant certificate the organisation registers."""
+
+    federation: str
+    msp_id: str
+    ca_cert_pem: str
+    registered_ms: int
+    registered_tx: str
 
 
 class RoundEntry(Record):

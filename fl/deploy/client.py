@@ -15,6 +15,10 @@ sign Flower's node-auth timestamps, and the node config — ``participant``, ``d
 ``signer`` (the socket) — names no key: the ClientApp asks the signer for each
 signature, and the signer refuses what the institution's policy does not allow.
 
+With ``ClientSpec.approved_apps``/``approved_apps_file`` the node runs only ClientApps
+whose FAB hash the institution approved (:mod:`fl.signer.pinning`); a refused run shows
+in ``state.json`` as ``refused_apps`` (run id and hash).
+
 Files: :meth:`fl.workspace.Workspace.client` (``supernode.log`` — Flower's output,
 ``service.log``, ``client.pid``, ``state.json``, ``node-config.toml``, ``flwr-home/``);
 the signer's: :meth:`fl.workspace.Workspace.signer`.
@@ -48,6 +52,7 @@ from fl.deploy.flower import (
     write_toml_config,
 )
 from fl.signer.client import SignerClient, SignerError
+from fl.signer.pinning import load_approved, refusals
 from fl import data as fl_data
 from fl.config import ConfigError, FederationConfig, load_config
 from fl.data import DataCheck
@@ -79,6 +84,12 @@ class ClientSpec:
     config: Path | None = None  # the federation file: its schema checks ``data``; a started signer reads it
     max_num_examples: int | None = None  # declared to a started signer (default: rows of ``data``)
     signer_wait: float = 30.0  # seconds a started signer may take to serve
+    # ClientApps the node runs, by FAB hash (fl.signer.pinning); neither given: any app.
+    approved_apps: tuple[str, ...] = ()
+    approved_apps_file: Path | None = None
+    # Run the institution's trainer (fl.trainer) for the relay ClientApp (fl.relay_app).
+    trainer: bool = False
+    trainer_wait: float = 120.0  # seconds the trainer may take to import torch and read the data
 
 
 def check_data(spec: ClientSpec) -> DataCheck:
@@ -103,25 +114,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def signer_supernode_command(flower: list[str], socket_path: Path) -> list[str]:
+def signer_supernode_command(flower: list[str], socket_path: Path, approved_apps: tuple[str, ...] = (),
+                             approved_apps_file: Path | None = None) -> list[str]:
     """A ``flower-supernode`` argv rewritten to run through :mod:`fl.signer.supernode`:
-    the same arguments, minus the key file, authenticated by the signer at ``socket_path``."""
+    the same arguments, minus the key file, authenticated by the signer at ``socket_path``,
+    and running only the approved apps when any are given."""
     args = list(flower[1:])
     if "--auth-supernode-private-key" in args:
         index = args.index("--auth-supernode-private-key")
         del args[index:index + 2]
-    return [sys.executable, "-m", "fl.signer.supernode", "--signer-socket", str(socket_path.absolute()), *args]
+    pin = [word for h in approved_apps for word in ("--approve-app", h)]
+    pin += ["--approved-apps", str(approved_apps_file.absolute())] if approved_apps_file is not None else []
+    return [sys.executable, "-m", "fl.signer.supernode", "--signer-socket", str(socket_path.absolute()), *pin, *args]
 
 
 def client_spec(cfg: FederationConfig, config: Path, participant: str, *, data: Path | None = None,
                 key: Path | None = None, cert: Path | None = None, signer: Path | None = None,
                 superlink: str | None = None, root_certificates: Path | None = None,
-                runtime_port: int = 0) -> ClientSpec:
+                runtime_port: int = 0, approved_apps: tuple[str, ...] = (),
+                approved_apps_file: Path | None = None, trainer: bool = False) -> ClientSpec:
     """What ``client start`` runs, from the federation file and the command's options.
 
     Defaults: the participant's ``data`` in the file, its key and certificate in the
     workspace, ``[deployment]``'s SuperLink address and the coordinator's TLS CA.
+    Approved app hashes are checked here (:class:`~fl.signer.pinning.PinError`).
     """
+    approved = tuple(sorted(load_approved(approved_apps)))
+    load_approved(file=approved_apps_file)
     entry = next((p for p in cfg.participants if p.id == participant), None)
     workspace = cfg.workspace
     data_path = data or (entry.data if entry else None)
@@ -136,7 +155,8 @@ def client_spec(cfg: FederationConfig, config: Path, participant: str, *, data: 
     return ClientSpec(participant=participant, data=data_path, key=key if signer is None else None,
                       superlink=superlink or cfg.deployment.superlink_address,
                       root_certificates=root_certificates or workspace.coordinator.tls_ca,
-                      workdir=cfg.workdir, config=config, runtime_port=runtime_port, cert=cert, signer=signer)
+                      workdir=cfg.workdir, config=config, runtime_port=runtime_port, cert=cert, signer=signer,
+                      approved_apps=approved, approved_apps_file=approved_apps_file, trainer=trainer)
 
 
 class ClientService:
@@ -149,6 +169,7 @@ class ClientService:
         self._stop = threading.Event()
         self._state: dict[str, Any] = {}
         self._signer: subprocess.Popen[bytes] | None = None
+        self._trainer: subprocess.Popen[bytes] | None = None
 
     def _update(self, **fields: Any) -> None:
         self._state.update(fields)
@@ -192,6 +213,30 @@ class ClientService:
             time.sleep(0.1)
         raise ValueError(f"the signer did not serve within {self.spec.signer_wait:.0f} s")
 
+    def _start_trainer(self, socket_path: Path) -> None:
+        """Start the relay ClientApp's trainer (fl.trainer) and wait until its socket accepts."""
+        command = [sys.executable, "-m", "fl.trainer", "--socket", str(socket_path.absolute()),
+                   "--node-config", str(self.paths.node_config.resolve())]
+        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+        log_path = self.paths.root / "trainer.log"
+        proc = processes.spawn(command, env=env, log_path=log_path)
+        self._trainer = proc
+        self._update(trainer_pid=proc.pid, children={**self._state.get("children", {}),
+                                                     "trainer": processes.tag(proc.pid)})
+        deadline = time.monotonic() + self.spec.trainer_wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ValueError(f"the trainer did not start: {processes.tail(log_path, 3)}")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(socket_path))
+                except OSError:
+                    time.sleep(0.2)
+                    continue
+            log.info("trainer_started", participant=self.spec.participant, pid=proc.pid)
+            return
+        raise ValueError(f"the trainer did not serve within {self.spec.trainer_wait:.0f} s")
+
     def _check_signer(self, socket_path: Path) -> None:
         """The signer answers, and signs with the certificate's key."""
         try:
@@ -210,18 +255,25 @@ class ClientService:
             raise FileNotFoundError(f"{spec.root_certificates}: the SuperLink's TLS CA certificate does not exist")
         socket_path = spec.signer if spec.signer is not None else self._start_signer()[1]
         self._check_signer(socket_path)
+        trainer_socket = self.paths.root / "trainer" / "trainer.sock"
         write_toml_config(self.paths.node_config, {
             "participant": spec.participant,
             "data": str(spec.data.resolve()),
             "config": str(spec.config.resolve()),
             "signer": str(socket_path.absolute()),
+            **({"trainer": str(trainer_socket.absolute())} if spec.trainer else {}),
         })
+        if spec.trainer:
+            self._start_trainer(trainer_socket)
         port = spec.runtime_port or free_port()
         flower = supernode_command(superlink=spec.superlink, root_certificates=spec.root_certificates.resolve(),
                                    auth_key=Path("-"), node_config=self.paths.node_config.resolve(), port=port)
         env = service_env(self.paths.flwr_home)
         env.pop("SOFTHSM2_CONF", None)  # the node has no business with the institution's token
-        return signer_supernode_command(flower, socket_path), env
+        if spec.approved_apps or spec.approved_apps_file is not None:
+            approved = load_approved(spec.approved_apps, spec.approved_apps_file)
+            self._update(approved_apps=sorted(approved), refused_apps=[])
+        return signer_supernode_command(flower, socket_path, spec.approved_apps, spec.approved_apps_file), env
 
     def serve(self) -> int:
         """Start the signer and the SuperNode, supervise them, stop them; the exit code."""
@@ -252,6 +304,9 @@ class ClientService:
             if supernode is not None and supernode.poll() is None:
                 result = processes.stop(supernode.pid, proc=supernode, timeout=15)
                 log.info("supernode_stopped", participant=self.spec.participant, **result.to_json())
+            if self._trainer is not None and self._trainer.poll() is None:
+                result = processes.stop(self._trainer.pid, proc=self._trainer, timeout=15)
+                log.info("trainer_stopped", participant=self.spec.participant, **result.to_json())
             if self._signer is not None and self._signer.poll() is None:
                 result = processes.stop(self._signer.pid, proc=self._signer, timeout=15)
                 log.info("signer_stopped", participant=self.spec.participant, **result.to_json())
@@ -269,9 +324,25 @@ class ClientService:
         except FileNotFoundError:
             return ""
 
+    def _note_refusals(self, offset: int) -> int:
+        """Record the node's new ``app_refused`` events in the state; the log offset read up to."""
+        text = self._new_log(offset)
+        complete = text.rfind("\n") + 1  # a line still being written is read next time
+        known = self._state.get("refused_apps", [])
+        seen = {(e.get("run_id"), e.get("fab_hash")) for e in known}
+        new = [e for e in refusals(text[:complete]) if (e.get("run_id"), e.get("fab_hash")) not in seen]
+        for event in new:
+            log.error("app_refused", participant=self.spec.participant, **event)
+        if new:
+            self._update(refused_apps=[*known, *new])
+        return offset + len(text[:complete].encode("utf-8"))
+
     def _supervise(self, supernode: subprocess.Popen[bytes], log_offset: int) -> int:
         node_id: int | None = None
+        scanned = log_offset
         while not self._stop.wait(0.5):
+            if "approved_apps" in self._state:
+                scanned = self._note_refusals(scanned)
             if node_id is None:
                 node_id = supernode_node_id(self._new_log(log_offset))
                 if node_id is not None:

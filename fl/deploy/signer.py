@@ -71,13 +71,17 @@ def reconcile_with_ledger(cfg: FederationConfig, participant: str, journal: Path
     """Compare the signer's journal with the rounds on the ledger (``audit mine``)."""
     from fl.signer.ledger_view import LedgerView
     from fl.signer.reconcile import reconcile
+    from ledger.artifacts import ArtifactStore
 
     entry = cfg.participant(participant)
     cert = cfg.workspace.cert(entry.msp_id, participant)
     view = LedgerView(cfg.ledger_config, signer_ledger_credentials(
         cfg, participant, entry.msp_id, cert if cert.exists() else None))
     path = journal or cfg.workspace.signer(participant).journal
-    return reconcile(path, view.rounds(cfg.id), participant, cfg.id, pin)
+    # Rejections are recomputed where the federation's artifact store is reachable.
+    check = (view.rejection_check(cfg.id, participant, ArtifactStore(cfg.artifacts_path))
+             if cfg.artifacts_path.exists() else None)
+    return reconcile(path, view.rounds(cfg.id), participant, cfg.id, pin, check)
 
 
 def signer_status(cfg: FederationConfig, participant: str) -> dict[str, Any]:

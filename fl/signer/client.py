@@ -97,6 +97,11 @@ class SignerClient:
         except (binascii.Error, ValueError):
             raise SignerUnavailable("signer reply has no valid signature") from None
 
+    def record_receipt(self, receipt: dict[str, Any]) -> None:
+        """Hand the coordinator's signed receipt to the signer, which checks and journals it;
+        :class:`SignerRefused` if its signature or subject does not hold."""
+        self.call({"op": "record_receipt", "receipt": receipt})
+
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The public key the signer signs with."""
         reply = self.call({"op": "public_key"})

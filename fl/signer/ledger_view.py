@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ledger.artifacts import ArtifactStore
+from ledger.audit_rejections import entry_check
 from ledger.errors import LedgerUnavailable, RecordNotFound
 from ledger.factory import LedgerConfig, open_ledger
 from ledger.identity import Credentials
 from ledger.protocol import Ledger
-from ledger.records import RoundView
+from ledger.records import RoundEntry, RoundView
 
 from fl.signer.policy import LedgerRound
 
@@ -73,3 +75,20 @@ class LedgerView:
             return ledger.list_rounds(federation)
         finally:
             ledger.close()
+
+    def rejection_check(self, federation: str, participant: str,
+                        artifacts: ArtifactStore) -> Callable[[RoundView, RoundEntry], str | None]:
+        """A recomputation of this participant's rejections from their evidence (the
+        federation's policy, its own history, the artifact store): ``audit mine``'s check
+        that a reason is one the evidence supports."""
+        ledger = self._open()
+        try:
+            policy = ledger.get_federation(federation).policy
+            try:
+                history = ledger.history(federation, participant)
+            except RecordNotFound:
+                history = []
+            bases = {view.round: view.record.base_model for view in ledger.list_rounds(federation)}
+        finally:
+            ledger.close()
+        return entry_check(policy, artifacts, {participant: history}, bases)

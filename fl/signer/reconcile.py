@@ -16,21 +16,35 @@ participant:
   problem; a round with no recorded evaluation at all is listed as unrecorded), and an
   evaluation *accepted* in the participant's name that the signer never signed is a
   problem;
+* every **receipt** the signer journalled (the coordinator's signed word on how a reply
+  was recorded, :mod:`ledger.receipts`) must agree with the ledger: its round recorded
+  by the transaction it names, an entry for its manifest with its decision and reason,
+  and — for a round the signer signed — about the manifest the signer signed. A receipt
+  the ledger contradicts, or one the signer refused (bad signature, another coordinator
+  key, another participant), is a problem; a signed round without a receipt is listed;
+* with ``check_rejection`` (the auditor's recomputation, :mod:`ledger.audit_rejections`),
+  each rejection of a reply the signer signed must be supported by its evidence;
 * the journal's own hash chain must verify.
+
+Each signed reply's line in the report reads: signed by me; the ledger says (status,
+reason); the receipt says (decision, reason) or none.
 
 Rounds after the last one on the ledger are reported as pending, not as problems.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fl.signer.journal import read_entries, verify_journal
-from ledger.records import RoundView
+from ledger.records import RoundEntry, RoundView
 
-__all__ = ["ReconcileReport", "reconcile"]
+RejectionCheck = Callable[[RoundView, RoundEntry], "str | None"]
+
+__all__ = ["ReconcileReport", "RejectionCheck", "reconcile"]
 
 
 @dataclass
@@ -46,6 +60,8 @@ class ReconcileReport:
     stopped_forgeries: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     unrecorded_evaluations: list[int] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    without_receipt: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -59,22 +75,29 @@ class ReconcileReport:
                 "journal_entries": self.journal_entries, "signed": self.signed, "pending": self.pending,
                 "refused": self.refused, "stopped_forgeries": self.stopped_forgeries,
                 "evaluations": self.evaluations, "unrecorded_evaluations": self.unrecorded_evaluations,
-                "problems": self.problems}
+                "receipts": self.receipts, "without_receipt": self.without_receipt, "problems": self.problems}
 
 
 def reconcile(journal: Path, rounds: list[RoundView], participant: str, federation: str,
-              pin: tuple[int, str] | None = None) -> ReconcileReport:
-    """Compare ``journal`` with the ledger's ``rounds`` for ``participant``."""
+              pin: tuple[int, str] | None = None, check_rejection: RejectionCheck | None = None) -> ReconcileReport:
+    """Compare ``journal`` with the ledger's ``rounds`` for ``participant``.
+
+    ``check_rejection(view, entry)`` says why a recorded rejection is not supported by its
+    evidence (None: it is); without it rejections are taken as recorded.
+    """
     report = ReconcileReport(participant, federation)
     check = verify_journal(journal, pin)
     report.journal_entries = check.entries
     report.problems += [f"journal: {p}" for p in check.problems]
     signed: dict[int, dict[str, Any]] = {}
     evaluated: dict[int, dict[str, Any]] = {}
+    receipts: list[dict[str, Any]] = []
     for _, entry, _ in read_entries(journal):
         if entry is None or entry.get("participant") != participant or entry.get("federation") != federation:
             continue
-        if entry.get("decision") == "signed":
+        if entry.get("kind") == "receipt":
+            receipts.append(entry)
+        elif entry.get("decision") == "signed":
             (evaluated if entry.get("kind") == "evaluation" else signed)[int(entry["round"])] = entry
         elif entry.get("decision") == "refused":
             report.refused += 1
@@ -98,8 +121,13 @@ def reconcile(journal: Path, rounds: list[RoundView], participant: str, federati
             continue
         if match.signature != entry["signature"]:
             report.problems.append(f"round {number}: the ledger holds another signature for the signed manifest")
+        if match.status == "rejected" and check_rejection is not None:
+            why = check_rejection(view, match)
+            if why is not None:
+                report.problems.append(f"round {number}: rejected as {match.reason}, which the evidence does "
+                                       f"not support: {why}")
         report.signed.append({"round": number, "manifest_hash": entry["manifest_hash"], "status": match.status,
-                              "reason": match.reason})
+                              "reason": match.reason, "receipt": None})
     for view in rounds:
         for e in view.record.entries:
             if e.participant != participant or e.manifest_hash is None:
@@ -114,7 +142,52 @@ def reconcile(journal: Path, rounds: list[RoundView], participant: str, federati
             else:
                 report.stopped_forgeries.append(item)
     _reconcile_evaluations(report, evaluated, by_round, last_on_ledger)
+    _reconcile_receipts(report, receipts, signed, by_round)
     return report
+
+
+def _reconcile_receipts(report: ReconcileReport, receipts: list[dict[str, Any]],
+                        signed: dict[int, dict[str, Any]], by_round: dict[int, RoundView]) -> None:
+    """Each journalled receipt against the ledger and against what the signer signed."""
+    lines = {item["round"]: item for item in report.signed}
+    received: set[int] = set()
+    for receipt in receipts:
+        if receipt.get("decision") != "received":
+            report.problems.append(f"journal entry {receipt.get('seq')}: a receipt was refused "
+                                   f"({receipt.get('reason')}: {str(receipt.get('detail', ''))[:200]})")
+            continue
+        number = int(receipt["round"])
+        said = {"round": number, "manifest_hash": receipt.get("manifest_hash"), "status": receipt.get("status"),
+                "reason": receipt.get("status_reason"), "record_tx": receipt.get("record_tx")}
+        report.receipts.append(said)
+        received.add(number)
+        mine = signed.get(number)
+        if mine is not None and receipt.get("manifest_hash") != mine["manifest_hash"]:
+            report.problems.append(f"round {number}: the coordinator's receipt is about manifest "
+                                   f"{str(receipt.get('manifest_hash'))[:16]}…, not the one signed "
+                                   f"({mine['manifest_hash'][:16]}…)")
+        view = by_round.get(number)
+        if view is None:
+            report.problems.append(f"round {number}: the coordinator gave a receipt for a round the ledger "
+                                   "does not hold")
+            continue
+        if receipt.get("record_tx") != view.record_tx.tx_id:
+            report.problems.append(f"round {number}: the receipt names record transaction "
+                                   f"{str(receipt.get('record_tx'))[:16]}…, the ledger recorded the round in "
+                                   f"{view.record_tx.tx_id[:16]}…")
+        match = next((e for e in view.record.entries if e.participant == report.participant
+                      and e.manifest_hash == receipt.get("manifest_hash")), None)
+        if match is None:
+            report.problems.append(f"round {number}: the receipt says {said['status']}:{said['reason']}, the "
+                                   "ledger has no such entry for this participant")
+            continue
+        if (match.status, match.reason) != (said["status"], said["reason"]):
+            report.problems.append(f"round {number}: the receipt says {said['status']}:{said['reason']}, the "
+                                   f"ledger says {match.status}:{match.reason}")
+        line = lines.get(number)
+        if line is not None and line["manifest_hash"] == said["manifest_hash"]:
+            line["receipt"] = {"status": said["status"], "reason": said["reason"]}
+    report.without_receipt = sorted(n for n in lines if n not in received)
 
 
 def _reconcile_evaluations(report: ReconcileReport, evaluated: dict[int, dict[str, Any]],

@@ -9,6 +9,16 @@ checked for their form and not journalled.
 Evaluation manifests (``sign_evaluation``) go through their own policy
 (:func:`~fl.signer.policy.decide_evaluation`) and the same journal, their entries marked
 ``"kind": "evaluation"``; update entries carry no ``kind``.
+
+Receipts (``record_receipt``): the coordinator's signed word on how each reply was
+recorded (:mod:`ledger.receipts`), handed over by the node. The signer checks the
+signature and that the receipt is about this institution, and journals it
+(``"kind": "receipt"``, ``decision`` ``received`` or ``refused``), so ``audit mine`` can
+hold the ledger to it. Whose signature counts: the coordinator certificate the signer
+was given (``coordinator_cert``), else the one on the first receipt it accepted — kept in
+the journal, so it survives restarts (trust on first use; a receipt signed by any other
+certificate is journalled as refused, ``unknown_coordinator``). A receipt journalled
+already is not journalled again.
 """
 
 from __future__ import annotations
@@ -38,8 +48,9 @@ from fl.signer.policy import (
     decide_evaluation,
 )
 from ledger.formats import SignatureError, sha256_hex, verify
+from ledger.receipts import ReceiptError, SignedReceipt, verify_receipt
 
-__all__ = ["SigningService", "NODE_AUTH_SKEW", "EVALUATION_KIND"]
+__all__ = ["SigningService", "NODE_AUTH_SKEW", "EVALUATION_KIND", "RECEIPT_KIND"]
 
 log = structlog.get_logger("fedledger.signer")
 NODE_AUTH_SKEW = 300.0  # seconds a node-auth timestamp may differ from the signer's clock
@@ -47,13 +58,14 @@ NODE_AUTH_SKEW = 300.0  # seconds a node-auth timestamp may differ from the sign
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?\+00:00")
 _MAX_FIELD = 4096
 EVALUATION_KIND = "evaluation"  # the journal's ``kind`` of an evaluation decision
+RECEIPT_KIND = "receipt"  # the journal's ``kind`` of a coordinator receipt
 
 
 class SigningService:
     """Policy + key + journal for one institution; thread-safe."""
 
     def __init__(self, policy: SignerPolicy, key: SigningKey, journal: Journal, ledger: LedgerState,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, coordinator_cert: str | None = None) -> None:
         self.policy = policy
         self.key = key
         self.journal = journal
@@ -62,7 +74,14 @@ class SigningService:
         self._lock = threading.Lock()
         self._signed: dict[int, SignedRound] = {}
         self._evaluated: dict[int, SignedRound] = {}
+        self.coordinator_cert = coordinator_cert
+        self._receipts: set[str] = set()  # SHA-256 of every receipt journalled
         for entry in journal.entries():
+            if entry.get("kind") == RECEIPT_KIND:
+                self._receipts.add(str(entry.get("receipt_sha256")))
+                if entry.get("decision") == "received" and self.coordinator_cert is None:
+                    self.coordinator_cert = entry.get("cert_pem")
+                continue
             if (entry.get("decision") == "signed" and entry.get("participant") == policy.participant
                     and entry.get("federation") == policy.federation):
                 chosen = self._evaluated if entry.get("kind") == EVALUATION_KIND else self._signed
@@ -87,6 +106,8 @@ class SigningService:
             return self.sign_manifest(request.get("manifest"), request.get("update"), peer)
         if op == "sign_evaluation":
             return self.sign_evaluation(request.get("manifest"), peer)
+        if op == "record_receipt":
+            return self.record_receipt(request.get("receipt"), peer)
         if op == "node_auth":
             return self.node_auth(request.get("message"))
         if op == "public_key":
@@ -117,6 +138,39 @@ class SigningService:
                 self.policy, self._evaluated, text, self.ledger)
             return self._conclude(verdict, text, peer, self._evaluated, {"kind": EVALUATION_KIND},
                                   "evaluation_signed")
+
+    def record_receipt(self, receipt: Any, peer: dict[str, int] | None = None) -> dict[str, Any]:
+        """Verify the coordinator's receipt and journal it (refused ones too, as evidence)."""
+        try:
+            signed = SignedReceipt.model_validate(receipt)
+        except ValueError as exc:
+            return {"ok": False, "reason": "malformed", "detail": f"receipt: {exc}"[:500]}
+        digest = sha256_hex(signed.receipt.encode("utf-8"))
+        with self._lock:
+            if digest in self._receipts:
+                return {"ok": True, "repeated": True}
+            entry: dict[str, Any] = {"time_ms": int(self.clock() * 1000), "kind": RECEIPT_KIND,
+                                     "participant": self.policy.participant, "federation": self.policy.federation,
+                                     "peer": peer, "receipt_sha256": digest, **signed.model_dump(mode="json")}
+            try:
+                parsed = verify_receipt(signed, self.coordinator_cert)
+                if (parsed.federation, parsed.participant) != (self.policy.federation, self.policy.participant):
+                    raise ReceiptError("wrong_participant", f"the receipt is for {parsed.participant} in "
+                                                            f"{parsed.federation}")
+            except ReceiptError as exc:
+                entry.update(decision="refused", reason=exc.reason, detail=str(exc)[:512])
+                self.journal.append(entry)
+                self._receipts.add(digest)
+                log.warning("receipt_refused", reason=exc.reason, detail=str(exc)[:512])
+                return {"ok": False, "reason": exc.reason, "detail": str(exc)}
+            entry.update(decision="received", round=parsed.round, manifest_hash=parsed.manifest_hash,
+                         status=parsed.decision, status_reason=parsed.reason, record_tx=parsed.record_tx)
+            self.journal.append(entry)
+            self._receipts.add(digest)
+            if self.coordinator_cert is None:
+                self.coordinator_cert = signed.cert_pem
+            log.info("receipt_recorded", round=parsed.round, decision=parsed.decision, reason=parsed.reason)
+            return {"ok": True}
 
     @staticmethod
     def _manifest_text(manifest: Any) -> tuple[str, str]:

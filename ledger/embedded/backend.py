@@ -259,6 +259,8 @@ class EmbeddedLedger(ContractCalls):
             raise TransactionRejected(f"INVALID: {function} wrote a value that is not UTF-8", tx_id=tx_id) from exc
         return {
             "args": list(args),
+            # The whole certificate, so an audit can re-execute the call as its caller.
+            "creator_cert": self._identity.cert_pem,
             "creator_cert_sha256": hashlib.sha256(self._identity.cert_pem.encode("utf-8")).hexdigest(),
             "creator_msp": self._identity.msp_id,
             "event": event,

@@ -10,7 +10,7 @@ Tables::
     events  (seq, block, tx_id, name, payload)
 
 A block body is ``{"number", "prev_hash", "timestamp_ms", "transactions": [{"args",
-"creator_cert_sha256", "creator_msp", "event", "function", "tx_id", "writes"}]}``; its hash
+"creator_cert", "creator_cert_sha256", "creator_msp", "event", "function", "tx_id", "writes"}]}``; its hash
 is SHA-256 over those canonical bytes, and ``prev_hash`` links it to the block before.
 Block 0 is a genesis block with no transactions. Each write set lists every key written
 with its full value, so state, history and events can be rebuilt (and checked) from the

@@ -1,10 +1,17 @@
-"""Tamper evidence: re-hash the block log and rebuild state, history, txs and events from it.
+"""Tamper evidence: re-hash the block log, rebuild state, history, txs and events from it,
+and re-execute every transaction through the contract.
 
 Every table besides ``blocks`` is derived data: replaying the blocks' write sets in order
 must give exactly the stored world state (values and versions), the per-key history, the
 transaction index and the events. A row edited anywhere shows up as a problem naming the
-block or key. (An edit of the newest block that also recomputes its hash and the state it
-wrote cannot be seen from inside the file; anchor the head hash elsewhere to catch that.)
+block or key. A block appended or rewritten with recomputed hashes agrees with itself, so
+the blocks are also judged by the contract (:mod:`ledger.embedded.replay`): each
+transaction must be one the contract accepts from its recorded caller and must write
+exactly what the contract writes, callers must be MSPs allowed to call their function,
+and tokens must be conserved.
+(Transactions are not signed here: a block holding a call the contract accepts from the
+identity it names — say, the coordinator revoking someone — cannot be told from a real
+one from inside the file; anchor the head hash elsewhere and compare it to catch that.)
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 from ledger.embedded.storage import GENESIS_PREV, Reader, display_key
 from ledger.formats import canonical_json
+from ledger.embedded.replay import replay_blocks
 
 __all__ = ["verify_chain"]
 
@@ -46,7 +54,9 @@ class _Replay:
             self.events.append((number, tx_id, event["name"], event["payload"].encode("utf-8")))
 
 
-def _check_blocks(reader: Reader, replay: _Replay, problems: list[str]) -> None:
+def _check_blocks(reader: Reader, replay: _Replay, problems: list[str]) -> list[dict[str, Any]]:
+    """Check the hash chain; return the block bodies that parse, for the contract replay."""
+    bodies: list[dict[str, Any]] = []
     expected, prev_hash, prev_ts = 0, GENESIS_PREV, None
     for number, stored_hash, text in reader.block_rows():
         if number != expected:
@@ -61,6 +71,11 @@ def _check_blocks(reader: Reader, replay: _Replay, problems: list[str]) -> None:
             problems.append(f"block {number}: body is not valid JSON")
             prev_hash = actual_hash
             continue
+        if not isinstance(body, dict):
+            problems.append(f"block {number}: body is not a JSON object")
+            prev_hash = actual_hash
+            continue
+        bodies.append(body)
         if canonical_json(body).decode("utf-8") != text:
             problems.append(f"block {number}: body is not in canonical form")
         if body.get("number") != number:
@@ -76,6 +91,7 @@ def _check_blocks(reader: Reader, replay: _Replay, problems: list[str]) -> None:
                 replay.apply(number, timestamp, idx, tx)
             except (KeyError, TypeError, AttributeError):
                 problems.append(f"block {number}: transaction {idx} is malformed")
+    return bodies
 
 
 def _check_state(reader: Reader, replay: _Replay, problems: list[str]) -> None:
@@ -121,11 +137,13 @@ def _check_index(reader: Reader, replay: _Replay, problems: list[str]) -> None:
 
 
 def verify_chain(reader: Reader) -> list[str]:
-    """Every problem found in the block log and the tables derived from it (empty = verified)."""
+    """Every problem found in the block log, the tables derived from it and the contract's
+    re-execution of its transactions (empty = verified)."""
     problems: list[str] = []
     replay = _Replay()
-    _check_blocks(reader, replay, problems)
+    bodies = _check_blocks(reader, replay, problems)
     _check_state(reader, replay, problems)
     _check_history(reader, replay, problems)
     _check_index(reader, replay, problems)
+    problems.extend(replay_blocks(bodies).problems)
     return problems

@@ -56,8 +56,8 @@ def test_audit_verify_proves_every_block_and_a_wrong_pin_is_reported(fabric_demo
     report = json.loads(fedledger("audit", "verify", "--config", str(workdir / "federation.toml"), "--json").stdout)
     assert report["ok"], report["problems"]
     assert report["rounds"] == 3 and report["aggregates_recomputed"] == 3
-    # RecordRound, CommitModel and IssueRewards of every round, each found VALID in a block.
-    assert report["transactions_proven"] == 9
+    # RecordRound, CommitModel, RecordEvaluation and IssueRewards of every round, each VALID in a block.
+    assert report["transactions_proven"] == 12  # and RecordEvaluation
     head = report["head"]
     assert report["blocks_checked"] == head["block"] + 1 > summary["rounds"][-1]["commit_block"]
 

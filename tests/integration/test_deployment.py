@@ -173,7 +173,7 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         own = member_credentials(cfg, participant.msp_id, participant.id)
         onboarding.register(target, own, participant.id, ws.cert(participant.msp_id, participant.id),
                             ca_cert_path=ws.ca_cert(participant.msp_id),
-                            key_path=ws.key(participant.msp_id, participant.id))
+                            key_path=ws.key(participant.msp_id, participant.id), examples=100_000)
         onboarding.admit(target, coordinator, participant.id)
     pki.keygen(tmp_path / "rogue", "rogue", "RogueMSP")  # a key no ledger entry vouches for
 

@@ -30,7 +30,7 @@ from ledger.protocol import Ledger
 from ledger.records import FederationPolicy, Identity, TxReceipt
 from tests.fixtures.ledgers import FabricLedgers, World, fabric_pki, fresh_federation_id, make_world, receipt_ok
 from tests.fixtures.pki import OrgCA, TestPKI
-from tests.fixtures.rounds import commit_for
+from tests.fixtures.rounds import commit_for, declared
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -67,7 +67,7 @@ def _prepared(ledgers: FabricLedgers, pki: TestPKI) -> World:
     world.coordinator.record_round(fed, 2, world.record(2, ["bank-a", "bank-b"]))
     for pid in ("bank-d", "bank-r"):
         world.signers[pid] = pki.leaf("BankCMSP", pid)
-        world.banks["bank-c"].register_participant(fed, pid, world.signers[pid].pem, {})
+        world.banks["bank-c"].register_participant(fed, pid, world.signers[pid].pem, {}, declared(world.signers[pid], pid, fed))
     world.coordinator.revoke_participant(fed, "bank-r", "left the federation")
     return world
 
@@ -152,7 +152,7 @@ def test_the_coordinator_and_the_auditor_cannot_register_participants(
     own = world.pki.leaf(caller, "someone")  # from the caller's own CA: only the role is wrong
 
     denied = _denied(world, lambda: ledgers(world.pki.identity(caller)).register_participant(
-        world.federation, "someone", own.pem, {}))
+        world.federation, "someone", own.pem, {}, declared(own, "someone", world.federation)))
 
     assert str(denied) == f"ACCESS_DENIED: {message}"
 
@@ -164,7 +164,7 @@ def test_an_institution_cannot_register_a_certificate_its_own_ca_did_not_issue(
     cert = world.pki.leaf("BankBMSP", "bank-x") if issued_by == "another org's CA" else world.pki.foreign("BankAMSP")
 
     denied = _denied(world, lambda: world.banks["bank-a"].register_participant(
-        world.federation, "bank-x", cert.pem, {}))
+        world.federation, "bank-x", cert.pem, {}, declared(cert, "bank-x", world.federation)))
 
     assert str(denied) == (
         "ACCESS_DENIED: participant certificate was not issued by the CA of the caller's organisation BankAMSP"
@@ -230,7 +230,7 @@ def test_every_write_commits_for_the_identity_allowed_to_make_it(ledgers: Fabric
         "RevokeParticipant": calls["RevokeParticipant"](world.coordinator),
         "RecordRound": world.coordinator.record_round(fed, 3, world.record(3, ["bank-a", "bank-d"])),
         "Transfer": world.banks["bank-a"].transfer(fed, "bank-b", 4),
-        "RegisterParticipant": world.banks["bank-b"].register_participant(fed, "bank-b2", bank_b2.pem, {}),
+        "RegisterParticipant": world.banks["bank-b"].register_participant(fed, "bank-b2", bank_b2.pem, {}, declared(bank_b2, "bank-b2", fed)),
         "InitFederation": world.banks["bank-b"].init_federation(own_fed, FederationPolicy()),
     }
 
@@ -323,7 +323,7 @@ def test_an_identity_the_channel_does_not_accept_is_refused_before_any_chaincode
     with FabricLedger(fabric_profile, _forged(world.pki, kind)) as forged:
         with pytest.raises(AccessDenied) as read:
             forged.get_federation(world.federation)
-        written = _denied(world, lambda: forged.register_participant(world.federation, "forged", leaf.pem, {}))
+        written = _denied(world, lambda: forged.register_participant(world.federation, "forged", leaf.pem, {}, declared(leaf, "forged", world.federation)))
 
     assert str(read.value) == expected and str(written) == expected
     assert "\n" not in expected

@@ -37,6 +37,7 @@ from ledger.pki import (
     make_csr,
     sign_csr,
 )
+from ledger.declarations import declare_examples
 from ledger.records import FederationPolicy
 from tests.fixtures.pki import Leaf
 from tests.fixtures.rounds import accepted, commit_for, digest, record
@@ -90,6 +91,8 @@ def fed(profile: ConnectionProfile, gateways: dict[str, Contract]) -> str:
     fed_id = f"cc-{secrets.token_hex(4)}"
     policy = FederationPolicy(auditor_msps=[], reward_budget=100, model=digest("genesis"))
     gateways[_coordinator(profile)].submit("InitFederation", fed_id, policy.canonical().decode())
+    for org in _participant_orgs(profile):
+        gateways[org.msp_id].submit(*_register_ca_call(fed_id, org))
     return fed_id
 
 
@@ -102,7 +105,12 @@ def _leaf(org: OrgProfile, pid: str) -> Leaf:
 
 
 def _register_call(fed: str, pid: str, leaf: Leaf) -> tuple[str, ...]:
-    return ("RegisterParticipant", fed, pid, certificate_pem(leaf.cert), "{}")
+    signed = declare_examples(fed, pid, 1000, leaf.key)
+    return ("RegisterParticipant", fed, pid, certificate_pem(leaf.cert), "{}", signed.statement, signed.signature)
+
+
+def _register_ca_call(fed: str, org: OrgProfile) -> tuple[str, ...]:
+    return ("RegisterOrgCA", fed, org.ca.cert.read_text())
 
 
 def _submit_together(contract: Contract, calls: Sequence[tuple[str, ...]]) -> list[Outcome]:

@@ -10,8 +10,10 @@ signer from its key file. Both train two audited rounds over TLS with node auth.
 
 Then a ClientApp-like process of bank-a's user asks bank-a's signer for a second,
 different signature for round 1: refused (``equivocation``) and journalled; the journal
-verifies and agrees with the ledger (``signer check-ledger``). Every process is stopped
-by pid at the end.
+verifies and agrees with the ledger (``signer check-ledger``). The coordinator's signed
+receipt for each round reached each bank's node with the round's evaluate message and is
+in the bank's journal, and ``check-ledger`` holds the ledger to it. Every process is
+stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -58,6 +60,24 @@ spec = ClientSpec(participant=a["participant"], data=Path(a["data"]), key=None, 
                   root_certificates=Path(a["roots"]), workdir=Path(a["workdir"]), config=Path(a["config"]),
                   runtime_port=a["port"], cert=Path(a["cert"]), signer=Path(a["signer"]))
 sys.exit(ClientService(spec).serve())
+"""
+
+
+# bank-a declares its dataset size at registration with the key in its token (a process
+# that alone is given the token's configuration, as the signer is).
+_DECLARE = """
+import base64, hashlib, json, sys
+from pathlib import Path
+from ledger.declarations import ExamplesDeclaration, SignedDeclaration
+from ledger.keys_pkcs11 import Pkcs11Config, Pkcs11Key, read_pin
+a = json.loads(sys.argv[1])
+statement = ExamplesDeclaration(a["federation"], a["participant"], a["examples"]).to_bytes()
+key = Pkcs11Key(Pkcs11Config(Path(a["module"]), a["token"], a["participant"], read_pin(Path(a["pin"]))))
+try:
+    der = key.sign_digest(hashlib.sha256(statement).digest())
+finally:
+    key.close()
+print(SignedDeclaration(statement=statement.decode(), signature=base64.b64encode(der).decode()).model_dump_json())
 """
 
 
@@ -118,9 +138,20 @@ def federation(tmp_path: Path) -> Iterator[tuple[Deployment, dict[str, str]]]:
                           pki.certificate_pem(pki.sign_csr(ca_a, pki.load_csr(org_a / "bank-a.csr"))))
     pki.demo_identity(ws.pki_root, "bank-b", "BankBMSP")
     target = onboarding.LedgerTarget.from_config(cfg)
+    from fl.signer.settings import count_rows
+    from ledger.declarations import SignedDeclaration
+
+    rows = {bank: count_rows(data / f"{bank}.csv") for bank in BANKS}
+    declared = subprocess.run([sys.executable, "-c", _DECLARE, json.dumps(
+        {"federation": FED, "participant": "bank-a", "examples": rows["bank-a"], "module": str(SOFTHSM),
+         "token": "bank-a", "pin": str(pin)})], env=hsm_env, capture_output=True, text=True, timeout=120, check=False)
+    assert declared.returncode == 0, declared.stderr
+    declarations = {"bank-a": SignedDeclaration.model_validate_json(declared.stdout), "bank-b": None}
+    keys = {"bank-a": None, "bank-b": ws.key("BankBMSP", "bank-b")}
     for bank in BANKS:
         own = member_credentials(cfg, MSPS[bank], bank)
-        onboarding.register(target, own, bank, ws.cert(MSPS[bank], bank), ca_cert_path=ws.ca_cert(MSPS[bank]))
+        onboarding.register(target, own, bank, ws.cert(MSPS[bank], bank), examples=rows[bank], key_path=keys[bank],
+                            ca_cert_path=ws.ca_cert(MSPS[bank]), declaration=declarations[bank])
         onboarding.admit(target, coordinator, bank)
 
     yield dep, {"pin": str(pin), "hsm_env_conf": str(conf)}
@@ -219,6 +250,12 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
     assert [(e["decision"], e.get("reason")) for e in journal][-2:] == [("refused", "round_backwards"),
                                                                          ("refused", "equivocation")]
     assert [e["round"] for e in journal if e["decision"] == "signed" and "kind" not in e] == [1, 2]  # updates
+    # Each round's receipt, signed by the coordinator's ledger key, reached the journal.
+    receipts = [e for e in journal if e.get("kind") == "receipt"]
+    assert [(e["decision"], e["round"], e["status"]) for e in receipts] == [("received", 1, "accepted"),
+                                                                            ("received", 2, "accepted")]
+    assert [e["record_tx"] for e in receipts] == [view.record_tx.tx_id for view in rounds]
+    assert {e["cert_pem"] for e in receipts} == {ws.cert("CoordinatorMSP", "coordinator").read_text()}
 
     # The journal's chain holds, and the journal and the ledger agree — for both banks.
     verified = _signer_cli(dep, "verify-journal", "-p", "bank-a", "--json")
@@ -228,6 +265,8 @@ def test_rounds_complete_with_the_key_in_a_token_the_node_cannot_reach_and_a_sec
         report: dict[str, Any] = json.loads(check.stdout)
         assert check.returncode == 0 and report["ok"], report
         assert [(s["round"], s["status"]) for s in report["signed"]] == [(1, "accepted"), (2, "accepted")]
+        assert [s["receipt"] for s in report["signed"]] == [{"status": "accepted", "reason": None}] * 2, report
+        assert report["without_receipt"] == []
 
     # The auditor's own verification still holds.
     audit = dep.cli_json("audit", "verify")

@@ -49,8 +49,9 @@ def test_cosine_scores_reward_agreement_with_the_aggregate():
     base = {"w": np.zeros(4, np.float32)}
     ups = [WeightedUpdate("a", 1, {"w": np.array([1, 0, 0, 0], np.float32)}),
            WeightedUpdate("b", 1, {"w": np.array([1, 0.1, 0, 0], np.float32)}),
-           WeightedUpdate("c", 1, {"w": np.array([-1, 0, 0, 0], np.float32)})]
-    scores = cosine_scores(base, ups)
+           WeightedUpdate("c", 1, {"w": np.array([-1, 0, 0, 0], np.float32)}),
+           WeightedUpdate("d", 1, {"w": np.array([1, 0, 0.1, 0], np.float32)})]
+    scores = cosine_scores(base, ups)  # each against the others' mean change
     assert scores["b"] > 0 and scores["a"] > 0 and scores["c"] < 0
     assert all(isinstance(v, int) and -1_000_000 <= v <= 1_000_000 for v in scores.values())
     assert cosine_scores(base, [WeightedUpdate("a", 1, base)]) == {"a": 0}

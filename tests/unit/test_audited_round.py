@@ -182,7 +182,7 @@ def test_audit_catches_inflated_scores_and_rewards_that_do_not_follow_the_policy
         return record.model_copy(update={"entries": entries})
 
     play_round(cfg, strategy(cfg, DishonestCoordinator(ledger, record=inflate)), initial_model(cfg))
-    ledger.issue_rewards(cfg.id, 1, {"bank-a": 0, "bank-b": 0, "bank-c": 1000})
+    ledger.issue_rewards(cfg.id, 1, {"bank-a": 0, "bank-b": 0, "bank-c": 999})  # the policy pays out the budget
     problems = audit(cfg, ledger).problems
     assert any("bank-c: recorded score 1000000" in p for p in problems), problems
     assert any("issued rewards" in p for p in problems), problems

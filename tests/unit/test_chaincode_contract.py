@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from chaincode import canonical, schema
+from chaincode import canonical, schema, weights
 from chaincode.fedaudit import CONTRACT_NAME, QUERIES, TRANSACTIONS, FedAudit
 from chaincode.shim_fixes import Contract, ContractChaincode, TransactionContext, check_context_annotations
 from ledger.embedded import runtime as runtime_module
@@ -25,7 +25,7 @@ from ledger.embedded.runtime import ContractRuntime, EmbeddedPeer, Outcome, new_
 from ledger.formats import P256_ORDER, canonical_json
 from ledger.records import EVALUATION_REASONS, REASONS, Federation, Participant, RoundRecord
 from tests.fixtures.pki import Leaf, TestPKI, default_pki
-from tests.fixtures.rounds import accepted, commit_for, digest, evaluated, evaluation, record
+from tests.fixtures.rounds import DECLARED, accepted, commit_for, declared, digest, evaluated, evaluation, record
 
 T0 = (time.time_ns() // 10**9) * 1000  # certificates are valid around "now"
 
@@ -160,6 +160,19 @@ def _policy(**overrides: object) -> str:
     return canonical_json({"auditor_msps": ["AuditorMSP"], **overrides}).decode()
 
 
+def _registration(leaf: Leaf, pid: str, fed: str = "fed-1", meta: str = "{}", examples: int = DECLARED) -> tuple[str, ...]:
+    """RegisterParticipant's arguments: the certificate, meta and a declaration signed with the leaf's key."""
+    signed = declared(leaf, pid, fed, examples)
+    return (fed, pid, leaf.pem, meta, signed.statement, signed.signature)
+
+
+def _register_cas(state: MemoryState, pki: TestPKI, fed: str = "fed-1",
+                  msps: tuple[str, ...] = ("BankAMSP", "BankBMSP", "BankCMSP")) -> None:
+    for msp in msps:
+        outcome = state.call(*_as(pki, msp), "RegisterOrgCA", fed, pki.cas[msp].pem)
+        assert outcome.ok, outcome.message
+
+
 # --- registration (defect 6) -----------------------------------------------------------
 
 
@@ -255,11 +268,12 @@ def test_policy_defaults_are_filled_in_so_stored_bytes_equal_the_records_canonic
 # --- determinism ------------------------------------------------------------------------
 
 
-def _scripted_run(pki: TestPKI, leaf: Leaf) -> list[tuple[dict[str, bytes | None], tuple[str, bytes] | None, bytes]]:
+def _scripted_run(pki: TestPKI, registration: tuple[str, ...]) -> list[tuple[dict[str, bytes | None], tuple[str, bytes] | None, bytes]]:
     state = MemoryState()
     steps = [
         (_as(pki, "CoordinatorMSP"), "InitFederation", ("fed-1", _policy())),
-        (_as(pki, "BankAMSP"), "RegisterParticipant", ("fed-1", "bank-a", leaf.pem, '{"b":2,"a":1}')),
+        (_as(pki, "BankAMSP"), "RegisterOrgCA", ("fed-1", pki.cas["BankAMSP"].pem)),
+        (_as(pki, "BankAMSP"), "RegisterParticipant", registration),
         (_as(pki, "CoordinatorMSP"), "AdmitParticipant", ("fed-1", "bank-a")),
     ]
     results = []
@@ -273,13 +287,15 @@ def _scripted_run(pki: TestPKI, leaf: Leaf) -> list[tuple[dict[str, bytes | None
 def test_the_same_transactions_produce_the_same_bytes_every_time(pki: TestPKI) -> None:
     leaf = pki.leaf("BankAMSP", "bank-a")
 
-    first, second = _scripted_run(pki, leaf), _scripted_run(pki, leaf)
+    registration = _registration(leaf, "bank-a", meta='{"b":2,"a":1}')  # ECDSA signing is randomised
+
+    first, second = _scripted_run(pki, registration), _scripted_run(pki, registration)
 
     assert first == second
-    writes, event, payload = first[1]
+    writes, event, payload = first[2]
     participant = writes["\x00participant\x00fed-1\x00bank-a\x00"]
     assert Participant.parse(participant).canonical() == participant == payload
-    assert json.loads(participant)["registered_ms"] == T0 + 2000  # the tx timestamp, not the clock
+    assert json.loads(participant)["registered_ms"] == T0 + 3000  # the tx timestamp, not the clock
     assert event[0] == "ParticipantRegistered" and b"BEGIN CERTIFICATE" not in event[1]
 
 
@@ -297,7 +313,7 @@ def test_a_caller_with_an_msp_but_no_certificate_cannot_register(pki: TestPKI) -
     state = MemoryState()
     state.call(*_as(pki, "CoordinatorMSP"), "InitFederation", "fed-1", _policy())
 
-    outcome = state.call("BankAMSP", "", "RegisterParticipant", "fed-1", "bank-a", pki.leaf("BankAMSP", "a").pem, "{}")
+    outcome = state.call("BankAMSP", "", "RegisterParticipant", *_registration(pki.leaf("BankAMSP", "a"), "bank-a"))
 
     assert outcome.message == "ACCESS_DENIED: the caller of BankAMSP has no X.509 certificate"
 
@@ -309,7 +325,8 @@ def _federation_with_active_bank(pki: TestPKI) -> tuple[MemoryState, object]:
     state = MemoryState()
     leaf = pki.leaf("BankAMSP", "bank-a")
     state.call(*_as(pki, "CoordinatorMSP"), "InitFederation", "fed-1", _policy())
-    state.call(*_as(pki, "BankAMSP"), "RegisterParticipant", "fed-1", "bank-a", leaf.pem, "{}")
+    _register_cas(state, pki, msps=("BankAMSP",))
+    state.call(*_as(pki, "BankAMSP"), "RegisterParticipant", *_registration(leaf, "bank-a"))
     state.call(*_as(pki, "CoordinatorMSP"), "AdmitParticipant", "fed-1", "bank-a")
     return state, leaf
 
@@ -449,14 +466,14 @@ def _ck(kind: str, *attrs: str) -> str:
 def _federation(pki: TestPKI) -> MemoryState:
     state = MemoryState()
     assert state.call(*_as(pki, "CoordinatorMSP"), "InitFederation", "fed-1", _policy()).ok
+    _register_cas(state, pki)
     return state
 
 
 def _register(
     state: MemoryState, pki: TestPKI, msp: str, pid: str, fed: str = "fed-1", leaf: Leaf | None = None
 ) -> Endorsement:
-    pem = (leaf or pki.leaf(msp, pid)).pem
-    return state.endorse(*_as(pki, msp), "RegisterParticipant", fed, pid, pem, "{}")
+    return state.endorse(*_as(pki, msp), "RegisterParticipant", *_registration(leaf or pki.leaf(msp, pid), pid, fed))
 
 
 def _pubkey_key(leaf: Leaf) -> str:
@@ -477,7 +494,9 @@ def test_two_registrations_by_one_org_write_disjoint_keys_and_read_nothing_the_o
         assert set(endorsement.outcome.writes) == {
             _ck("participant", "fed-1", pid), _ck("orgmember", "fed-1", "BankAMSP", pid), _pubkey_key(leaf)
         }
-        assert set(endorsement.reads) == {_ck("fed", "fed-1"), _ck("participant", "fed-1", pid), _pubkey_key(leaf)}
+        assert set(endorsement.reads) == {
+            _ck("fed", "fed-1"), _ck("orgca", "fed-1", "BankAMSP"), _ck("participant", "fed-1", pid), _pubkey_key(leaf)
+        }
     assert not set(first.outcome.writes) & set(second.outcome.writes)
     assert first.ranges == second.ranges == {}
     assert not [k for k in second.outcome.writes if first.touches(k)]
@@ -493,7 +512,7 @@ def test_registrations_that_must_exclude_each_other_still_conflict(pki: TestPKI)
 
     same_id = [_register(state, pki, msp, "bank-x") for msp in ("BankAMSP", "BankBMSP")]
     same_key = [
-        state.endorse(*_as(pki, "BankAMSP"), "RegisterParticipant", "fed-1", pid, leaf.pem, "{}")
+        state.endorse(*_as(pki, "BankAMSP"), "RegisterParticipant", *_registration(leaf, pid))
         for pid in ("bank-a1", "bank-a9")
     ]
 
@@ -509,7 +528,7 @@ def _bank_with_tokens(pki: TestPKI) -> tuple[MemoryState, dict[str, Leaf]]:
                                                         ("bank-c", "BankCMSP"))}
     for pid, leaf in leaves.items():
         msp = f"Bank{pid[-1].upper()}MSP"
-        assert state.call(*_as(pki, msp), "RegisterParticipant", "fed-1", pid, leaf.pem, "{}").ok
+        assert state.call(*_as(pki, msp), "RegisterParticipant", *_registration(leaf, pid)).ok
         assert state.call(*coordinator, "AdmitParticipant", "fed-1", pid).ok
     rec = record(1, digest("g"), [accepted(leaves["bank-a"], "bank-a", "fed-1", 1, digest("g"))])
     assert state.call(*coordinator, "RecordRound", "fed-1", "1", rec.canonical().decode()).ok
@@ -555,6 +574,7 @@ def test_transfer_counts_only_the_callers_org_in_this_federation(pki: TestPKI) -
     coordinator = _as(pki, "CoordinatorMSP")
     # Same MSP in a federation whose id extends "fed-1": the key's separator keeps them apart.
     assert state.call(*coordinator, "InitFederation", "fed-10", _policy()).ok
+    _register_cas(state, pki, "fed-10", ("BankAMSP",))
     assert state.commit(_register(state, pki, "BankAMSP", "bank-a2", fed="fed-10")) == "VALID"
 
     outcome = state.call(*_as(pki, "BankAMSP"), "Transfer", "fed-1", "bank-c", "5")
@@ -610,3 +630,25 @@ def test_balances_conflict_only_when_two_calls_move_the_same_participants_tokens
     # A second credit to bank-c read bank-c's balance before the first one changed it.
     assert [k for k in a_to_c.outcome.writes if b_to_c.touches(k)] == [_ck("balance", "fed-1", "bank-c")]
     assert state.commit(b_to_c) == "MVCC_READ_CONFLICT"
+
+
+# --- aggregation weights ------------------------------------------------------------------
+
+
+def test_weights_are_the_signed_counts_when_the_policy_sets_no_cap() -> None:
+    assert weights.capped_weights({"a": 35, "b": 35, "c": 1_000_000}, None) == {"a": 35, "b": 35, "c": 1_000_000}
+
+
+@pytest.mark.parametrize("cap_ppm", [500_000, 400_000, 360_000])
+def test_a_capped_weight_keeps_every_share_within_the_cap_and_lowers_only_the_largest(cap_ppm: int) -> None:
+    counts = {"a": 35, "b": 30, "c": 1_000_000}
+
+    capped = weights.capped_weights(counts, cap_ppm)
+
+    total = sum(capped.values())
+    assert all(w * 1_000_000 <= cap_ppm * total for w in capped.values())
+    assert (capped["a"], capped["b"]) == (35, 30) and capped["c"] < 1_000_000
+
+
+def test_a_cap_no_split_can_meet_gives_every_participant_the_same_weight() -> None:
+    assert weights.capped_weights({"a": 35, "b": 700}, 400_000) == {"a": 1, "b": 1}

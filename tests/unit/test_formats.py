@@ -236,3 +236,48 @@ def test_the_high_s_twin_of_an_evaluation_signature_is_refused(key):
 def test_malformed_or_out_of_bounds_evaluation_manifests_are_refused(text):
     with pytest.raises(FormatError):
         EvaluationManifest.parse(text)
+
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _padded_signature(data: bytes, key: ec.EllipticCurvePrivateKey) -> str:
+    """A valid signature whose base64 ends in padding (DER of 70 or 71 bytes)."""
+    while True:
+        sig = sign(data, key)
+        if sig.endswith("="):
+            return sig
+
+
+def _spellings(sig: str) -> dict[str, str]:
+    """Other spellings of the same signature bytes, and near misses."""
+    body = sig.rstrip("=")
+    last = _B64_ALPHABET.index(body[-1])
+    padding_bits = _B64_ALPHABET[last + 1]  # the unused low bits of the last character set
+    garbled = body[:-1] + padding_bits + sig[len(body):]
+    assert base64.b64decode(garbled) == base64.b64decode(sig)  # same bytes: this is the attack
+    return {"padding bits set": garbled, "missing padding": body, "trailing newline": sig + "\n",
+            "inner space": sig[:10] + " " + sig[10:]}
+
+
+def test_a_signature_spelled_in_non_canonical_base64_is_refused(key):
+    data = MANIFEST_TEXT.encode()
+    sig = _padded_signature(data, key)
+    verify(data, sig, key.public_key())
+    for name, other in _spellings(sig).items():
+        with pytest.raises(SignatureError) as err:
+            verify(data, other, key.public_key())
+        assert err.value.reason == "bad_signature", name
+
+
+def test_the_contract_refuses_non_canonical_base64_signatures_too(tmp_path):
+    from chaincode.evidence import _verify_signature
+    from ledger.pki import certificate_pem, demo_identity
+
+    private, cert, _ = demo_identity(tmp_path, "bank-a", "BankAMSP")
+    pem = certificate_pem(cert)
+    data = MANIFEST_TEXT.encode()
+    sig = _padded_signature(data, private)
+    assert _verify_signature(data, sig, pem) is None
+    for name, other in _spellings(sig).items():
+        assert _verify_signature(data, other, pem) is not None, name

@@ -15,7 +15,7 @@ from ledger.errors import DuplicateRecord, RecordNotFound, TransactionRejected
 from ledger.protocol import Ledger
 from ledger.records import EvaluationEntry, EvaluationRecord, FederationPolicy, ModelCommit, ScorerSpec
 from tests.fixtures.ledgers import World, federation, ledger_factory, pki, receipt_ok, world  # noqa: F401
-from tests.fixtures.rounds import accepted, commit_for, digest, evaluated, evaluation, record, rejected
+from tests.fixtures.rounds import DECLARED, accepted, commit_for, declared, digest, evaluated, evaluation, record, rejected
 
 
 def test_every_backend_implements_the_ledger_protocol(world: World) -> None:
@@ -59,22 +59,26 @@ def test_registered_participant_is_pending_with_its_cert_and_its_orgs_msp(
     coordinator = ledger_factory(pki.identity("CoordinatorMSP"))
     coordinator.init_federation(federation, FederationPolicy())
     leaf = pki.leaf("BankAMSP", "bank-a")
+    bank_a = ledger_factory(pki.identity("BankAMSP"))
+    bank_a.register_org_ca(federation, pki.cas["BankAMSP"].pem)
 
-    receipt = ledger_factory(pki.identity("BankAMSP")).register_participant(
-        federation, "bank-a", leaf.pem, {"country": "NL", "name": "Bänk A"}
+    receipt = bank_a.register_participant(
+        federation, "bank-a", leaf.pem, {"country": "NL", "name": "Bänk A"}, declared(leaf, "bank-a", federation, 35)
     )
 
     p = coordinator.participant(federation, "bank-a")
     assert receipt_ok(receipt)
     assert (p.status, p.msp_id, p.cert_pem, p.federation) == ("pending", "BankAMSP", leaf.pem, federation)
+    assert p.declared_examples == 35
     assert p.meta == {"country": "NL", "name": "Bänk A"}
     assert p.updated_tx == receipt.tx_id and p.registered_ms == receipt.timestamp_ms
 
 
 def test_registering_an_existing_participant_id_again_is_a_duplicate(world: World) -> None:
     with pytest.raises(DuplicateRecord, match=r"^DUPLICATE: participant bank-a is already registered"):
+        again = world.pki.leaf("BankAMSP", "again")
         world.banks["bank-a"].register_participant(
-            world.federation, "bank-a", world.pki.leaf("BankAMSP", "again").pem, {}
+            world.federation, "bank-a", again.pem, {}, declared(again, "bank-a", world.federation)
         )
 
 
@@ -105,8 +109,10 @@ def test_participants_are_listed_sorted_by_id(ledger_factory, pki, federation: s
     coordinator = ledger_factory(pki.identity("CoordinatorMSP"))
     coordinator.init_federation(federation, FederationPolicy())
     bank_c = ledger_factory(pki.identity("BankCMSP"))
+    bank_c.register_org_ca(federation, pki.cas["BankCMSP"].pem)
     for pid in ("zeta", "a-1", "a", "b0", "a0"):
-        bank_c.register_participant(federation, pid, pki.leaf("BankCMSP", pid).pem, {})
+        leaf = pki.leaf("BankCMSP", pid)
+        bank_c.register_participant(federation, pid, leaf.pem, {}, declared(leaf, pid, federation))
 
     listed = [p.id for p in coordinator.participants(federation)]
 
@@ -270,6 +276,40 @@ def test_commit_must_name_exactly_the_recorded_accepted_participants(world: Worl
         world.coordinator.commit_model(world.federation, 1, sneaky)
 
 
+def test_commit_weights_other_than_the_signed_example_counts_are_refused(world: World) -> None:
+    # bank-a and bank-b each signed 100 examples; a commit weighting bank-b 10^6 would
+    # hand it nearly the whole model (and, by weight, the rewards).
+    rec = world.record(1, ["bank-a", "bank-b"])
+    world.coordinator.record_round(world.federation, 1, rec)
+    com = commit_for(rec, world.model(1))
+    skewed = com.model_copy(update={"weights": {"bank-a": 100, "bank-b": 1_000_000}})
+
+    with pytest.raises(TransactionRejected) as refused:
+        world.coordinator.commit_model(world.federation, 1, skewed)
+
+    assert str(refused.value) == (
+        "INVALID: commit.weights['bank-b'] is 1000000, but the round's signed num_examples give 100"
+    )
+    assert world.auditor.get_round(world.federation, 1).commit is None
+    assert receipt_ok(world.coordinator.commit_model(world.federation, 1, com))
+
+
+def test_an_accepted_update_claiming_more_examples_than_declared_is_refused(world: World) -> None:
+    # bank-a declared DECLARED (1000) examples at registration and now signs a manifest claiming more.
+    base = world.genesis
+    over = accepted(world.signers["bank-a"], "bank-a", world.federation, 1, base, num_examples=DECLARED + 1)
+    at = accepted(world.signers["bank-b"], "bank-b", world.federation, 1, base, num_examples=DECLARED)
+
+    with pytest.raises(TransactionRejected) as refused:
+        world.coordinator.record_round(world.federation, 1, record(1, base, [over, at]))
+
+    assert str(refused.value) == (
+        f"INVALID: accepted entry of bank-a: num_examples {DECLARED + 1} exceeds the {DECLARED} examples "
+        "it declared at registration"
+    )
+    assert receipt_ok(world.coordinator.record_round(world.federation, 1, record(1, base, [at])))
+
+
 def test_a_round_with_no_accepted_update_must_commit_its_base_model(world: World) -> None:
     rec = record(1, world.genesis, [rejected("bank-a", "outlier")])
     world.coordinator.record_round(world.federation, 1, rec)
@@ -287,7 +327,9 @@ def test_a_record_accepting_a_participant_that_is_not_active_is_refused(
     pid = "bank-d"
     signer = world.pki.leaf("BankCMSP", pid)
     if status != "unregistered":
-        world.banks["bank-c"].register_participant(world.federation, pid, signer.pem, {})
+        world.banks["bank-c"].register_participant(
+            world.federation, pid, signer.pem, {}, declared(signer, pid, world.federation)
+        )
     if status == "revoked":
         world.coordinator.revoke_participant(world.federation, pid, "left the federation")
     world.signers[pid] = signer

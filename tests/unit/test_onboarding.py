@@ -35,6 +35,13 @@ def world(tmp_path: Path):
     return target, coordinator, bank, bank_dir
 
 
+def _register(target, identity, bank_dir: Path, **overrides):  # type: ignore[no-untyped-def]
+    """bank-a's registration with its key, its org CA and 35 declared examples, unless overridden."""
+    args = {"examples": 35, "key_path": bank_dir / "bank-a.key", "ca_cert_path": bank_dir / "ca" / "ca.crt",
+            **overrides}
+    return onboarding.register(target, identity, "bank-a", bank_dir / "bank-a.crt", **args)
+
+
 def _status(target, identity, participant: str) -> str:
     return {p.id: p.status for p in onboarding.list_participants(target, identity)}[participant]
 
@@ -42,8 +49,7 @@ def _status(target, identity, participant: str) -> str:
 def test_an_institution_registers_then_is_admitted_then_revoked(world) -> None:
     target, coordinator, bank, bank_dir = world
 
-    reg = onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt",
-                              ca_cert_path=bank_dir / "ca" / "ca.crt", key_path=bank_dir / "bank-a.key")
+    reg = _register(target, bank, bank_dir)
     pending = _status(target, coordinator, "bank-a")
     adm = onboarding.admit(target, coordinator, "bank-a")
     active = _status(target, coordinator, "bank-a")
@@ -51,13 +57,46 @@ def test_an_institution_registers_then_is_admitted_then_revoked(world) -> None:
 
     assert (pending, active, _status(target, coordinator, "bank-a")) == ("pending", "active", "revoked")
     assert reg.block_number < adm.block_number < rev.block_number
+    with onboarding.open_target(target, coordinator) as ledger:
+        assert ledger.participant(FED, "bank-a").declared_examples == 35
+        assert ledger.org_ca(FED, "BankAMSP").ca_cert_pem == (bank_dir / "ca" / "ca.crt").read_text()
+
+
+def test_the_org_ca_is_registered_once_for_all_its_participants(world) -> None:
+    target, coordinator, bank, bank_dir = world
+    _register(target, bank, bank_dir)
+    pki.demo_identity(bank_dir.parent, "bank-a2", "BankAMSP")
+
+    # The org's CA is on the ledger now: the second registration needs no CA file.
+    onboarding.register(target, bank, "bank-a2", bank_dir / "bank-a2.crt", examples=7,
+                        key_path=bank_dir / "bank-a2.key")
+
+    with onboarding.open_target(target, coordinator) as ledger:
+        assert [c.msp_id for c in ledger.org_cas(FED)] == ["BankAMSP"]
+        assert ledger.participant(FED, "bank-a2").declared_examples == 7
+
+
+def test_registering_without_the_org_ca_on_the_ledger_or_at_hand_says_what_is_missing(world) -> None:
+    target, _, bank, bank_dir = world
+
+    with pytest.raises(pki.CertificateError, match=r"BankAMSP has registered no CA certificate in federation "
+                                                   r"fed-1: give the org CA certificate \(--ca-cert\)"):
+        _register(target, bank, bank_dir, ca_cert_path=None)
+
+
+def test_registering_without_the_participants_key_is_refused_since_nothing_could_sign_the_size(world) -> None:
+    target, _, bank, bank_dir = world
+
+    with pytest.raises(pki.KeyFileError, match=r"registering bank-a needs its private key \(--key\)"):
+        _register(target, bank, bank_dir, key_path=None)
 
 
 def test_registering_a_certificate_for_another_participant_id_is_refused_locally(world) -> None:
     target, _, bank, bank_dir = world
 
     with pytest.raises(pki.CertificateError, match="CN is 'bank-a', not participant 'bank-b'"):
-        onboarding.register(target, bank, "bank-b", bank_dir / "bank-a.crt")
+        onboarding.register(target, bank, "bank-b", bank_dir / "bank-a.crt", examples=35,
+                            key_path=bank_dir / "bank-a.key")
 
 
 def test_registering_with_a_key_that_is_not_the_certificates_is_refused(world, tmp_path: Path) -> None:
@@ -65,7 +104,7 @@ def test_registering_with_a_key_that_is_not_the_certificates_is_refused(world, t
     other = pki.write_private_key(tmp_path / "other.key", pki.generate_key())
 
     with pytest.raises(pki.CertificateError, match="private key does not match"):
-        onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt", key_path=other)
+        _register(target, bank, bank_dir, key_path=other, ca_cert_path=None)
 
 
 def test_registering_a_certificate_from_another_ca_is_refused_locally(world, tmp_path: Path) -> None:
@@ -74,20 +113,19 @@ def test_registering_a_certificate_from_another_ca_is_refused_locally(world, tmp
     foreign.save(tmp_path / "foreign")
 
     with pytest.raises(pki.CertificateError, match="authority key identifier"):
-        onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt",
-                            ca_cert_path=tmp_path / "foreign" / "ca.crt")
+        _register(target, bank, bank_dir, ca_cert_path=tmp_path / "foreign" / "ca.crt")
 
 
 def test_registering_as_another_org_is_refused_by_the_contract(world) -> None:
     target, coordinator, _, bank_dir = world
 
     with pytest.raises(AccessDenied):
-        onboarding.register(target, coordinator, "bank-a", bank_dir / "bank-a.crt")
+        _register(target, coordinator, bank_dir)
 
 
 def test_only_the_coordinator_may_admit(world) -> None:
     target, _, bank, bank_dir = world
-    onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt")
+    _register(target, bank, bank_dir)
 
     with pytest.raises(AccessDenied):
         onboarding.admit(target, bank, "bank-a")
@@ -111,7 +149,7 @@ def test_ca_init_refuses_to_replace_an_existing_ca(tmp_path: Path) -> None:
 
 def test_participant_summary_shows_status_org_and_key_fingerprint(world) -> None:
     target, coordinator, bank, bank_dir = world
-    onboarding.register(target, bank, "bank-a", bank_dir / "bank-a.crt")
+    _register(target, bank, bank_dir)
 
     [summary] = [onboarding.participant_summary(p) for p in onboarding.list_participants(target, coordinator)]
 
@@ -147,7 +185,7 @@ def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path
     cert = _json(runner.invoke(participant_app, ["ca", "sign", "--csr", keys["csr"], "--ca-dir",
                                                  str(tmp_path / "ca"), "--json"]))
     reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-b", "--cert", cert["cert"],
-                                                "--key", keys["key"], "--ca-cert", ca["cert"],
+                                                "--key", keys["key"], "--ca-cert", ca["cert"], "--examples", "120",
                                                 "--msp-id", "BankBMSP", *config, "--json"]))
     # The coordinator's identity comes from the workspace the file names.
     adm = _json(runner.invoke(participant_app, ["admit", "-p", "bank-b", *config, "--json"]))
@@ -160,10 +198,30 @@ def test_cli_onboards_an_institution_end_to_end_with_json_output(world, tmp_path
 
 
 def test_cli_registration_defaults_to_the_workspace_certificate_of_the_files_participant(world, tmp_path: Path) -> None:
-    reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-a", "--config",
+    reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-a", "--examples", "35", "--config",
                                                 str(_federation_file(tmp_path)), "--json"]))
 
-    assert reg["msp_id"] == "BankAMSP" and reg["status"] == "pending"
+    assert reg["msp_id"] == "BankAMSP" and reg["status"] == "pending" and reg["declared_examples"] == 35
+
+
+def test_cli_registration_declares_the_rows_of_the_participants_data_file_by_default(world, tmp_path: Path) -> None:
+    target, coordinator, _, _ = world
+    (tmp_path / "bank-a.csv").write_text("age,income,default\n" + "".join(f"{i},{i * 10},no\n" for i in range(35)))
+    config = _federation_file(tmp_path)
+    config.write_text(config.read_text() + 'data = "bank-a.csv"\n')
+
+    reg = _json(runner.invoke(participant_app, ["register", "-p", "bank-a", "--config", str(config), "--json"]))
+
+    assert reg["declared_examples"] == 35
+    with onboarding.open_target(target, coordinator) as ledger:
+        assert ledger.participant(FED, "bank-a").declared_examples == 35
+
+
+def test_cli_registration_without_examples_or_a_data_file_says_which_option_is_missing(world, tmp_path: Path) -> None:
+    result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--config", str(_federation_file(tmp_path))])
+
+    assert result.exit_code == 2
+    assert "--examples is required: the federation file names no data file of bank-a" in result.stderr
 
 
 def test_cli_a_key_file_open_to_others_is_one_error_line_and_exit_2(world, tmp_path: Path) -> None:
@@ -171,7 +229,7 @@ def test_cli_a_key_file_open_to_others_is_one_error_line_and_exit_2(world, tmp_p
     (bank_dir / "bank-a.key").chmod(0o644)
 
     result = runner.invoke(participant_app, ["register", "-p", "bank-a", "--key", str(bank_dir / "bank-a.key"),
-                                             "--config", str(_federation_file(tmp_path))])
+                                             "--examples", "35", "--config", str(_federation_file(tmp_path))])
 
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1

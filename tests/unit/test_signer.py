@@ -35,6 +35,7 @@ from ledger.records import (
     ScorerSpec,
     TxReceipt,
 )
+from tests.fixtures.flower import task_identity  # noqa: F401
 
 FED, ME = "fed-a", "bank-a"
 M0, M1, U1, U2 = "0" * 63 + "1", "a" * 64, "b" * 64, "c" * 64
@@ -423,7 +424,9 @@ def test_journal_and_ledger_agree_when_every_signed_reply_is_recorded(service: S
     report = reconcile(service.journal.path, [view(1, [entry_for(m1, sig)], commit=M1)], ME, FED)
 
     assert report.ok, report.problems
-    assert report.signed == [{"round": 1, "manifest_hash": m1.hash(), "status": "accepted", "reason": None}]
+    assert report.signed == [{"round": 1, "manifest_hash": m1.hash(), "status": "accepted", "reason": None,
+                              "receipt": None}]
+    assert report.without_receipt == [1]
     assert report.refused == 1
 
 
@@ -599,3 +602,122 @@ def test_an_accepted_evaluation_the_signer_never_signed_is_a_problem(service: Si
                        [evaluated_view(1, [evaluation_entry(foreign, sign(foreign.to_bytes(), stranger))])], ME, FED)
 
     assert not report.ok and "evaluation" in report.problems[0] and "never signed" in report.problems[0]
+
+
+# --- the coordinator's receipts --------------------------------------------------------
+
+
+def coordinator(tmp_path: Path, name: str = "coordinator"):  # type: ignore[no-untyped-def]
+    from ledger.identity import Credentials, signer_from_key
+    from ledger.records import Identity
+
+    key, cert, _ = pki.demo_identity(tmp_path / "coord-pki", name, "CoordinatorMSP")
+    return Credentials(Identity(msp_id="CoordinatorMSP", cert_pem=pki.certificate_pem(cert)), signer_from_key(key))
+
+
+def receipt_for(credentials, m: Manifest | None, status: str = "accepted", reason: str | None = None,
+                participant: str = ME, record_tx: str = "t") -> dict:  # type: ignore[no-untyped-def]
+    from ledger.receipts import Receipt, sign_receipt
+
+    receipt = Receipt(federation=FED, round=m.round if m else 1, participant=participant,
+                      manifest_hash=m.hash() if m else None, decision=status, reason=reason, record_tx=record_tx)
+    return sign_receipt(receipt, credentials).model_dump(mode="json")
+
+
+def test_a_receipt_that_agrees_with_the_ledger_is_journalled_and_shown_beside_the_decision(
+        service: SigningService, tmp_path: Path) -> None:
+    m1 = manifest()
+    sig = ask(service, m1)["signature"]
+    assert service.record_receipt(receipt_for(coordinator(tmp_path), m1))["ok"]
+    assert service.record_receipt(receipt_for(coordinator(tmp_path), m1)) == {"ok": True, "repeated": True}
+
+    report = reconcile(service.journal.path, [view(1, [entry_for(m1, sig)], commit=M1)], ME, FED)
+
+    assert report.ok, report.problems
+    assert report.signed[0]["receipt"] == {"status": "accepted", "reason": None}
+    assert report.without_receipt == []
+    assert [e.get("kind") for e in journal_lines(service)] == [None, "receipt"]
+
+
+def test_a_receipt_the_ledger_contradicts_is_a_problem(service: SigningService, tmp_path: Path) -> None:
+    m1 = manifest()
+    sig = ask(service, m1)["signature"]
+    service.record_receipt(receipt_for(coordinator(tmp_path), m1))  # the coordinator said: accepted
+    recorded = entry_for(m1, sig, status="rejected", reason="outlier")  # the ledger says: outlier
+
+    report = reconcile(service.journal.path, [view(1, [recorded], commit=M1)], ME, FED)
+
+    assert not report.ok
+    assert "the receipt says accepted:None, the ledger says rejected:outlier" in report.problems[0]
+
+
+def test_a_receipt_naming_another_record_transaction_or_manifest_is_a_problem(
+        service: SigningService, tmp_path: Path) -> None:
+    m1 = manifest()
+    sig = ask(service, m1)["signature"]
+    service.record_receipt(receipt_for(coordinator(tmp_path), manifest(update=U2), record_tx="other"))
+
+    report = reconcile(service.journal.path, [view(1, [entry_for(m1, sig)], commit=M1)], ME, FED)
+
+    assert not report.ok
+    assert any("not the one signed" in p for p in report.problems)
+    assert any("names record transaction" in p for p in report.problems)
+
+
+def test_a_receipt_by_another_key_than_the_coordinators_first_is_refused_and_reported(
+        service: SigningService, tmp_path: Path) -> None:
+    m1 = manifest()
+    sig = ask(service, m1)["signature"]
+    assert service.record_receipt(receipt_for(coordinator(tmp_path), m1))["ok"]
+    impostor = coordinator(tmp_path, "impostor")
+
+    refused = service.record_receipt(receipt_for(impostor, m1, status="rejected", reason="outlier"))
+
+    assert refused["reason"] == "unknown_coordinator"
+    # The pin survives a restart: it is read back from the journal.
+    again = SigningService(service.policy, service.key, Journal(service.journal.path), FakeLedger())
+    assert again.record_receipt(receipt_for(impostor, m1, reason="duplicate"))["reason"] == "unknown_coordinator"
+    report = reconcile(service.journal.path, [view(1, [entry_for(m1, sig)], commit=M1)], ME, FED)
+    assert not report.ok and "a receipt was refused (unknown_coordinator" in report.problems[0]
+
+
+def test_a_tampered_receipt_or_one_for_another_participant_is_refused(service: SigningService,
+                                                                       tmp_path: Path) -> None:
+    m1 = manifest()
+    signed = receipt_for(coordinator(tmp_path), m1)
+    signed["receipt"] = signed["receipt"].replace('"accepted"', '"rejected"')
+
+    assert service.record_receipt(signed)["reason"] == "bad_signature"
+    other = service.record_receipt(receipt_for(coordinator(tmp_path), m1, participant="bank-b"))
+    assert other["reason"] == "wrong_participant"
+    assert service.record_receipt({"receipt": 3})["reason"] == "malformed"
+    assert [e["decision"] for e in journal_lines(service) if e.get("kind") == "receipt"] == ["refused", "refused"]
+
+
+def test_a_rejection_the_evidence_does_not_support_is_a_problem_of_audit_mine(service: SigningService) -> None:
+    m1 = manifest()
+    sig = ask(service, m1)["signature"]
+    recorded = entry_for(m1, sig, status="rejected", reason="outlier")
+
+    report = reconcile(service.journal.path, [view(1, [recorded], commit=M1)], ME, FED,
+                       check_rejection=lambda v, e: "its update is within 10× the median change")
+
+    assert not report.ok
+    assert "rejected as outlier, which the evidence does not support" in report.problems[0]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_clientapp_hands_the_receipt_in_its_message_to_the_signer(served: SignerServer, tmp_path: Path) -> None:
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fl.client_app import ClientRuntime, hand_over_receipt
+    from ledger.receipts import RECEIPT_RECORD
+
+    runtime = ClientRuntime(participant=ME, key=None, load_data=lambda: (None, None), signer=str(served.path))
+    signed = receipt_for(coordinator(tmp_path), manifest(), status="rejected", reason="outlier")
+    message = Message(RecordDict({RECEIPT_RECORD: ConfigRecord(signed)}), dst_node_id=1, message_type="evaluate")
+
+    hand_over_receipt(runtime, message)
+
+    entries = [e for e in journal_lines(served.service) if e.get("kind") == "receipt"]
+    assert [(e["decision"], e["status"], e["status_reason"]) for e in entries] == [("received", "rejected", "outlier")]

@@ -16,7 +16,7 @@ from ledger.errors import LedgerError
 
 USAGE = ("usage: python -m bench [fabric|work|relay]   (no argument: every benchmark; fabric: only the Fabric "
          "network; work: only the round work on the embedded and the Fabric ledger; relay: deployment round time "
-         "of the default and the relay ClientApp)")
+         "of the per-message and the relay ClientApp)")
 
 
 def _seconds(value: float | None) -> str:
@@ -123,7 +123,7 @@ def _work(results: dict[str, object]) -> int:
 
 
 def _relay(results: dict[str, object]) -> int:
-    """Deployment round time, default ClientApp vs relay ClientApp + warm trainer, side by side."""
+    """Deployment round time, per-message ClientApp vs relay ClientApp + warm trainer, side by side."""
     try:
         rl = relay.measure()
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -131,12 +131,12 @@ def _relay(results: dict[str, object]) -> int:
         print(f"relay ClientApp: failed: {str(exc).strip()[:2000]}", flush=True)
         return 1
     results["relay"] = rl
-    for name in ("default", "relay"):
+    for name, label in (("default", "per-message"), ("relay", "relay (the default)")):
         r = rl[name]
-        print(f"deployment round, {rl['participants']} institutions, rounds 2..{rl['rounds']}, {name} ClientApp: "
+        print(f"deployment round, {rl['participants']} institutions, rounds 2..{rl['rounds']}, {label} ClientApp: "
               f"{r['min_s']:.2f}/{r['median_s']:.2f}/{r['max_s']:.2f} s min/median/max (1-min load average "
               f"{r['load_avg_1m']:.1f} at its start)", flush=True)
-    print(f"relay ÷ default median round time: {rl['median_ratio']:.3f}; {rl['bench_wall_s']:.0f} s", flush=True)
+    print(f"relay ÷ per-message median round time: {rl['median_ratio']:.3f}; {rl['bench_wall_s']:.0f} s", flush=True)
     return 0
 
 

@@ -258,7 +258,7 @@ def _prepare(root: Path, rounds: int, participants: int) -> _Federation:
         pki.demo_identity(ws.pki_root, p.id, p.msp_id)
         own = onboarding.identity_from_cert(p.msp_id, ws.cert(p.msp_id, p.id))
         onboarding.register(target, own, p.id, ws.cert(p.msp_id, p.id), ca_cert_path=ws.ca_cert(p.msp_id),
-                            key_path=ws.key(p.msp_id, p.id))
+                            key_path=ws.key(p.msp_id, p.id), examples=onboarding.count_rows(paths[p.id]))
         onboarding.admit(target, coordinator, p.id)
         keys[p.id] = ws.key(p.msp_id, p.id)
     return _Federation(cfg, config_path, {n: paths[n] for n in names}, keys, env)

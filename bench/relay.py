@@ -1,15 +1,18 @@
-"""Deployment round time: the default ClientApp vs the thin relay ClientApp, side by side.
+"""Deployment round time: the per-message ClientApp vs the relay ClientApp, side by side.
 
 Two fresh federations run one after the other as real processes on 127.0.0.1, exactly
 as a user runs them (``fedledger coordinator start``: TLS, node auth, embedded ledger;
 one ``fedledger client start`` per institution), on the same workload:
 
-* **default**: the project's app as it is (``clientapp = "fl.client_app:app"``): each
-  message starts a fresh ClientApp process that imports torch and reads the data;
-* **relay**: the same code with ``clientapp = "fl.relay_app:app"`` (a generated app
-  directory: the project's shipped files, one line of its pyproject changed) and the
-  nodes started with ``--trainer``: the ClientApp process only relays to the
-  institution's warm trainer and signs the reply.
+* **per-message** (``clientapp = "fl.client_app:app"``, nodes started with
+  ``--no-trainer``): each message starts a fresh ClientApp process that imports torch
+  and reads the data;
+* **relay**, the project's default (``clientapp = "fl.relay_app:app"``, nodes with their
+  trainer): the ClientApp process only relays to the institution's warm trainer and
+  signs the reply.
+
+Each runs from a generated app directory (the project's shipped files, the one
+``clientapp`` line set), so the comparison does not depend on the project's default.
 
 A round's time is the coordinator's (``seconds`` in ``rounds.jsonl``: from the start of
 ``configure_train`` to the ledger commit and evaluation). Round 1 (start-up, nodes
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -33,31 +37,35 @@ from bench.deployment import _cli, _prepare, _read_rounds, _wait_for, _Watcher
 from fl.config import project_root, write_config
 from ledger import processes
 
-__all__ = ["measure", "relay_app_dir"]
+__all__ = ["app_dir", "measure", "relay_app_dir"]
 
-_COMPONENT = 'clientapp = "fl.client_app:app"'
+_COMPONENT = re.compile(r'^clientapp = "[^"]*"$', re.MULTILINE)
 
 
-def relay_app_dir(dest: Path) -> Path:
-    """The project's Flower app with the relay ClientApp as its component (a copy under ``dest``)."""
+def app_dir(dest: Path, component: str) -> Path:
+    """The project's Flower app with ``component`` as its ClientApp (a copy under ``dest``)."""
     root = project_root()
     dest.mkdir(parents=True)
     text = (root / "pyproject.toml").read_text(encoding="utf-8")
-    if _COMPONENT not in text:
-        raise ValueError(f"{root / 'pyproject.toml'}: no line {_COMPONENT!r} to replace")
-    (dest / "pyproject.toml").write_text(text.replace(_COMPONENT, 'clientapp = "fl.relay_app:app"'),
-                                         encoding="utf-8")
+    if _COMPONENT.search(text) is None:
+        raise ValueError(f"{root / 'pyproject.toml'}: no clientapp line to replace")
+    (dest / "pyproject.toml").write_text(_COMPONENT.sub(f'clientapp = "{component}"', text), encoding="utf-8")
     for package in ("fl", "ledger", "chaincode"):
         shutil.copytree(root / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 
 
+def relay_app_dir(dest: Path) -> Path:
+    """The project's Flower app with the relay ClientApp (a copy under ``dest``)."""
+    return app_dir(dest, "fl.relay_app:app")
+
+
 def _run(root: Path, rounds: int, participants: int, watcher: _Watcher, relay: bool) -> dict[str, Any]:
     fed = _prepare(root, rounds, participants)
-    if relay:
-        app = relay_app_dir(root / "relay-app" / "fedledger")
-        cfg = fed.cfg.model_copy(update={"deployment": fed.cfg.deployment.model_copy(update={"app": app})})
-        write_config(cfg, fed.config_path)
+    component = "fl.relay_app:app" if relay else "fl.client_app:app"
+    app = app_dir(root / "app" / "fedledger", component)
+    cfg = fed.cfg.model_copy(update={"deployment": fed.cfg.deployment.model_copy(update={"app": app})})
+    write_config(cfg, fed.config_path)
     workdir, ws = fed.cfg.workdir, fed.cfg.workspace
     coordinator = ws.coordinator
 
@@ -74,7 +82,7 @@ def _run(root: Path, rounds: int, participants: int, watcher: _Watcher, relay: b
         remember(json.loads(_cli(fed.env, workdir, "coordinator", "start", "--detach", "--rounds", str(rounds),
                                  "--exit-after-run", "--json").stdout))
         for name in fed.cfg.participant_ids():
-            extra = ["--trainer", "--wait", "180"] if relay else []
+            extra = ["--trainer", "--wait", "180"] if relay else ["--no-trainer"]
             remember(json.loads(_cli(fed.env, workdir, "client", "start", "-p", name, "--detach", "--json",
                                      *extra).stdout))
 

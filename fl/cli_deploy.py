@@ -151,8 +151,9 @@ def client_start(
                                                     "hash (SHA-256, `client app-hash DIR`) is approved; repeatable."),
     approved_apps: Optional[Path] = typer.Option(None, "--approved-apps", help="File of approved FAB hashes, "
                                                  "one a line (# comments)."),
-    trainer: bool = typer.Option(False, "--trainer", help="Also run the institution's warm trainer, which the "
-                                 "relay ClientApp (fl.relay_app) forwards train/evaluate to."),
+    trainer: bool = typer.Option(True, "--trainer/--no-trainer", help="Run the institution's warm trainer, "
+                                 "which the relay ClientApp (fl.relay_app, the project's default) forwards "
+                                 "train/evaluate to; --no-trainer only for an app whose ClientApp trains itself."),
     config: Path = ConfigOpt, detach: bool = DetachOpt,
     wait: float = typer.Option(30.0, "--wait", help="With --detach: seconds to wait for the SuperLink to "
                                "accept the node (it keeps retrying in the background afterwards)."),
@@ -178,7 +179,7 @@ def client_start(
             if value is not None:
                 words += [flag, str(value.resolve())]
         words += [word for digest in spec.approved_apps for word in ("--approve-app", digest)]
-        words += ["--trainer"] if trainer else []
+        words += ["--trainer"] if trainer else ["--no-trainer"]
         with failures(as_json):
             pid, state = detach_service(cli_argv("fl.cli", *words), files, wait=wait,
                                         ready=lambda s: s.get("status") not in (None, "starting"))

@@ -87,8 +87,9 @@ class ClientSpec:
     # ClientApps the node runs, by FAB hash (fl.signer.pinning); neither given: any app.
     approved_apps: tuple[str, ...] = ()
     approved_apps_file: Path | None = None
-    # Run the institution's trainer (fl.trainer) for the relay ClientApp (fl.relay_app).
-    trainer: bool = False
+    # Run the institution's trainer (fl.trainer) for the relay ClientApp (fl.relay_app, the
+    # project's ClientApp); False only for an app whose ClientApp trains itself.
+    trainer: bool = True
     trainer_wait: float = 120.0  # seconds the trainer may take to import torch and read the data
 
 
@@ -132,7 +133,7 @@ def client_spec(cfg: FederationConfig, config: Path, participant: str, *, data: 
                 key: Path | None = None, cert: Path | None = None, signer: Path | None = None,
                 superlink: str | None = None, root_certificates: Path | None = None,
                 runtime_port: int = 0, approved_apps: tuple[str, ...] = (),
-                approved_apps_file: Path | None = None, trainer: bool = False) -> ClientSpec:
+                approved_apps_file: Path | None = None, trainer: bool = True) -> ClientSpec:
     """What ``client start`` runs, from the federation file and the command's options.
 
     Defaults: the participant's ``data`` in the file, its key and certificate in the

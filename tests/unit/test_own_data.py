@@ -135,7 +135,7 @@ def test_a_node_refuses_a_data_file_that_does_not_fit_before_anything_starts(tmp
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     spec = ClientSpec(participant="bank-a", data=data, key=None, superlink="127.0.0.1:1", root_certificates=ca,
-                      workdir=tmp_path, signer=tmp_path / "no-such.sock", config=config)
+                      workdir=tmp_path, signer=tmp_path / "no-such.sock", config=config, trainer=False)
 
     with pytest.raises(DataFileError) as caught:
         ClientService(spec).prepare()

@@ -338,7 +338,7 @@ def test_the_node_config_names_a_signer_socket_and_no_key(tmp_path: Path, key_fi
     server.start()
     try:
         spec = ClientSpec(participant=ME, data=data, key=tmp_path / "absent.key", superlink="127.0.0.1:1",
-                          root_certificates=ca, workdir=tmp_path, signer=signer, config=config)
+                          root_certificates=ca, workdir=tmp_path, signer=signer, config=config, trainer=False)
         command, env = ClientService(spec).prepare()
     finally:
         server.stop()

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from chaincode.errors import AccessDenied, Invalid
 
@@ -190,6 +190,8 @@ def verify_p256_signature(data: bytes, signature_b64: str, cert_pem: str) -> str
         r, s = decode_dss_signature(der)
     except ValueError:
         return "signature is not DER"
+    if encode_dss_signature(r, s) != der:
+        return "signature is not canonical DER"
     if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
         return "signature values are out of range"
     if s > P256_ORDER // 2:

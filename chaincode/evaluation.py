@@ -17,7 +17,7 @@ from typing import Any
 
 from chaincode.canonical import canonical_json, parse_json
 from chaincode.errors import ContractError, Invalid
-from chaincode.evidence import _verify_signature
+from chaincode.certs import verify_p256_signature
 
 __all__ = ["check_accepted_evaluation"]
 
@@ -72,6 +72,6 @@ def check_accepted_evaluation(
     data = raw.encode("utf-8")
     if hashlib.sha256(data).hexdigest() != entry["manifest_hash"]:
         raise Invalid(f"{who}: manifest_hash is not the SHA-256 of the manifest")
-    problem = _verify_signature(data, entry["signature"], cert_pem)
+    problem = verify_p256_signature(data, entry["signature"], cert_pem)
     if problem is not None:
         raise Invalid(f"{who}: {problem}")

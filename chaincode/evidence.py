@@ -10,54 +10,16 @@ participant's registered P-256 certificate.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import re
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
-
 from chaincode.canonical import canonical_json, parse_json
-from chaincode.certs import load_pem_certificate, p256_public_key
+from chaincode.certs import P256_ORDER, verify_p256_signature
 from chaincode.errors import ContractError, Invalid
 
 __all__ = ["P256_ORDER", "check_accepted_entry"]
 
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MANIFEST_FIELDS = {"base_model", "federation", "num_examples", "participant", "round", "update", "v"}
-_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-
-
-def _verify_signature(data: bytes, signature_b64: str, cert_pem: str) -> str | None:
-    """``None`` if the signature verifies, else a short reason."""
-    if _B64.fullmatch(signature_b64) is None:
-        return "signature is not base64"
-    try:
-        der = base64.b64decode(signature_b64, validate=True)
-        r, s = decode_dss_signature(der)
-    except (binascii.Error, ValueError):
-        return "signature is not DER"
-    # One signature has one spelling: re-encode and compare (padding bits, DER form).
-    if base64.b64encode(der).decode("ascii") != signature_b64:
-        return "signature is not canonical base64"
-    if encode_dss_signature(r, s) != der:
-        return "signature is not canonical DER"
-    if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
-        return "signature values are out of range"
-    if s > P256_ORDER // 2:
-        return "signature is not in low-S form"
-    key = p256_public_key(load_pem_certificate(cert_pem, "registered certificate"))
-    if key is None:
-        return "registered certificate is not P-256"
-    try:
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return "signature does not verify with the registered certificate"
-    return None
 
 
 def check_accepted_entry(
@@ -101,6 +63,6 @@ def check_accepted_entry(
     data = raw.encode("utf-8")
     if hashlib.sha256(data).hexdigest() != entry["manifest_hash"]:
         raise Invalid(f"{who}: manifest_hash is not the SHA-256 of the manifest")
-    problem = _verify_signature(data, entry["signature"], cert_pem)
+    problem = verify_p256_signature(data, entry["signature"], cert_pem)
     if problem is not None:
         raise Invalid(f"{who}: {problem}")

@@ -271,7 +271,7 @@ def test_a_signature_spelled_in_non_canonical_base64_is_refused(key):
 
 
 def test_the_contract_refuses_non_canonical_base64_signatures_too(tmp_path):
-    from chaincode.evidence import _verify_signature
+    from chaincode.certs import verify_p256_signature as _verify_signature
     from ledger.pki import certificate_pem, demo_identity
 
     private, cert, _ = demo_identity(tmp_path, "bank-a", "BankAMSP")

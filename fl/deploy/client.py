@@ -1,4 +1,5 @@
-"""The institution service: one SuperNode over TLS, and the signer that holds its key.
+"""The institution service: one SuperNode over TLS, the signer that holds its key, and
+the trainer that does its training.
 
 The institution's single P-256 key both authenticates its SuperNode and signs its
 updates — but neither the SuperNode nor the ClientApp it runs (code the coordinator
@@ -11,9 +12,16 @@ ships) ever holds it. The key stays with the institution's signer (:mod:`fl.sign
 
 The signer's public key must be the certificate's (when one is given). The SuperNode
 runs through :mod:`fl.signer.supernode`, which authenticates it by asking the signer to
-sign Flower's node-auth timestamps, and the node config — ``participant``, ``data`` and
-``signer`` (the socket) — names no key: the ClientApp asks the signer for each
-signature, and the signer refuses what the institution's policy does not allow.
+sign Flower's node-auth timestamps, and the node config — ``participant``, ``data``,
+``config`` (the institution's federation file: the data schema and the model),
+``signer`` and ``trainer`` (sockets) — names no key: the ClientApp asks the signer for
+each signature, and the signer refuses what the institution's policy does not allow.
+
+Before anything starts, ``data`` is checked against the federation's declared schema
+(:func:`check_data`); a file that does not fit is refused with every problem named. With
+``ClientSpec.trainer`` (the default) the service also runs the institution's trainer
+(:mod:`fl.trainer`): torch imported and the data read once, which the project's relay
+ClientApp (:mod:`fl.relay_app`) hands each train and evaluate message to.
 
 With ``ClientSpec.approved_apps``/``approved_apps_file`` the node runs only ClientApps
 whose FAB hash the institution approved (:mod:`fl.signer.pinning`); a refused run shows

@@ -33,7 +33,6 @@ same round, or the next round's train message when there is no evaluation.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -44,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import structlog
-from numpy.lib import format as npy_format
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -56,9 +54,11 @@ from fl.signing import AUDIT_KEY
 from fl.verification import (
     EvaluationContext,
     KeyCache,
+    NpyVersionError,
     RoundContext,
     entry_order,
     evaluation_order,
+    npy_header,
     verify_evaluations,
     verify_round,
 )
@@ -536,17 +536,13 @@ def _npy_tensor(data: bytes) -> np.ndarray | None:
 
     The header is read first: ``np.load`` would allocate whatever shape a header claims.
     """
-    stream = io.BytesIO(data)
-    version = npy_format.read_magic(stream)
-    if version == (1, 0):
-        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-    elif version == (2, 0):
-        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-    else:
+    try:
+        shape, fortran, dtype, offset = npy_header(data)
+    except NpyVersionError:
         return None
     if dtype.hasobject or dtype.kind not in "biufc":
         return None
-    count, offset = math.prod(shape), stream.tell()
+    count = math.prod(shape)
     if len(data) - offset != count * dtype.itemsize:
         return None
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)

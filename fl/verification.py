@@ -62,7 +62,8 @@ from ledger.records import EvaluationEntry, FederationPolicy, Participant, Round
 from ledger.robustness import outliers
 
 __all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache",
-           "EvaluationContext", "verify_evaluations", "reply_bound", "MAX_ROUND_BYTES"]
+           "EvaluationContext", "verify_evaluations", "reply_bound", "MAX_ROUND_BYTES", "npy_header",
+           "NpyVersionError"]
 
 # What one round may decode in all, by default: replies past it are refused unread.
 MAX_ROUND_BYTES = 2 << 30
@@ -220,6 +221,29 @@ def _declared_bytes(record: ArrayRecord, ctx: RoundContext) -> int:
     return total
 
 
+class NpyVersionError(ValueError):
+    """An ``.npy`` payload of a format version other than 1.0 or 2.0."""
+
+    def __init__(self, version: tuple[int, int]) -> None:
+        super().__init__(f".npy version {version}")
+        self.version = version
+
+
+def npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of an ``.npy`` payload, from its
+    header alone: nothing is allocated for what the header claims. Raises ValueError
+    (:class:`NpyVersionError` for an unknown version), EOFError or SyntaxError."""
+    stream = io.BytesIO(data)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise NpyVersionError(version)
+    return tuple(shape), bool(fortran), dtype, stream.tell()
+
+
 def _decode_tensor(name: str, array: Array) -> np.ndarray:
     """Decode one ``.npy`` payload that must hold exactly the declared dtype and shape.
 
@@ -227,23 +251,15 @@ def _decode_tensor(name: str, array: Array) -> np.ndarray:
     (``np.load`` would allocate whatever shape a header claims before reading the data).
     """
     data = array.data
-    stream = io.BytesIO(data)
     try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-        else:
-            raise UpdateRejected("malformed", f"tensor {name[:64]!r} uses .npy version {version}")
-    except UpdateRejected:
-        raise
+        shape, fortran, dtype, offset = npy_header(data)
+    except NpyVersionError as exc:
+        raise UpdateRejected("malformed", f"tensor {name[:64]!r} uses .npy version {exc.version}") from exc
     except (ValueError, EOFError, SyntaxError, TypeError) as exc:
         raise UpdateRejected("malformed", f"tensor {name[:64]!r} is not an .npy array: {exc}"[:300]) from exc
     if dtype != np.dtype(array.dtype) or tuple(shape) != tuple(array.shape):
         raise UpdateRejected("malformed", f"tensor {name[:64]!r} holds {dtype.str}{list(shape)}, "
                                           f"declares {array.dtype}{list(array.shape)}"[:300])
-    offset = stream.tell()
     count = math.prod(shape)
     if len(data) - offset != count * dtype.itemsize:
         raise UpdateRejected("malformed", f"tensor {name[:64]!r} has {len(data) - offset} data bytes, "

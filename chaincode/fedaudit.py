@@ -35,6 +35,9 @@ State (composite keys; ``NNNNNNNN`` is the round, zero-padded so keys sort in ro
                                 ``{"timestamp_ms", "tx_id"}``
 ``evaltx~F~NNNNNNNN``           ``{"timestamp_ms", "tx_id"}`` of the RecordEvaluation
 ``balance~F~P``                 ``{"balance": units}``
+``epsilon~F~P``                 ``{"epsilon_ppm": total}`` — the ε P signed over its
+                                accepted rounds (differential privacy on); RecordRound
+                                refuses a record that takes it above the policy's budget
 =============================== ===========================================================
 
 Concurrency. On Fabric a transaction is invalidated at commit when a key it read, or a
@@ -200,6 +203,25 @@ async def _set_status(
     await put_json(ctx, key(ctx, "participant", fed, pid), participant)
     emit(ctx, event, {"federation": fed, "participant": pid, "status": status, **extra})
     return canonical_json(participant)
+
+
+async def _privacy_spent(ctx: TransactionContext, fed: str, record: dict[str, Any],
+                         policy: dict[str, Any]) -> dict[str, int]:
+    """Each DP participant's ε summed over its accepted rounds, with this record's;
+    ``INVALID`` when one would pass the policy's total budget."""
+    rule = policy["training"]["dp"]
+    totals: dict[str, int] = {}
+    for entry in record["entries"]:
+        if entry["status"] != "accepted" or entry.get("epsilon_ppm") is None:
+            continue
+        pid = entry["participant"]
+        before = await get_json(ctx, key(ctx, "epsilon", fed, pid))
+        total = (before or {"epsilon_ppm": 0})["epsilon_ppm"] + entry["epsilon_ppm"]
+        if rule is not None and total > rule["epsilon_total_ppm"]:
+            raise Invalid(f"accepted entry of {pid}: its ε would total {total} ppm, above the federation's "
+                          f"budget of {rule['epsilon_total_ppm']} ppm")
+        totals[pid] = total
+    return totals
 
 
 async def _coordinator_round(
@@ -442,7 +464,7 @@ class FedAudit(Contract):
             if not valid_at(participant["cert_pem"], tx_ms(ctx)):
                 raise Invalid(f"accepted entry names participant {pid}, whose certificate is not valid now")
             check_accepted_entry(entry, fed, round_no, record["base_model"], participant["cert_pem"],
-                                 federation["policy"]["max_num_examples"])
+                                 federation["policy"])
             declared = participant.get("declared_examples")
             if declared is None:
                 raise Invalid(f"accepted entry names participant {pid}, which declared no dataset size")
@@ -451,7 +473,10 @@ class FedAudit(Contract):
                     f"accepted entry of {pid}: num_examples {entry['num_examples']} exceeds the "
                     f"{declared} examples it declared at registration"
                 )
+        spent = await _privacy_spent(ctx, fed, record, federation["policy"])
         written = stamp(ctx)
+        for pid, total in spent.items():
+            await put_json(ctx, key(ctx, "epsilon", fed, pid), {"epsilon_ppm": total})
         new_chain = {
             "last_committed": 0 if chain is None else chain["last_committed"],
             "last_round": round_no,

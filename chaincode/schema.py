@@ -28,6 +28,8 @@ __all__ = [
     "REASONS",
     "SCORER",
     "POLICY",
+    "TRAINING",
+    "PRIVACY",
     "ENTRY",
     "RECORD",
     "COMMIT",
@@ -72,9 +74,16 @@ REASONS: tuple[str, ...] = (
     "bad_signature",
     "high_s",
     "duplicate",
+    "training_mismatch",
+    "bad_privacy_claim",
+    "privacy_budget_exceeded",
+    "bad_compression",
     "non_finite",
     "wrong_shape",
+    "no_training",
+    "copied_update",
     "outlier",
+    "robust_discarded",
 )
 
 # Copy of ledger.records.EVALUATION_REASONS (a test keeps them equal).
@@ -241,6 +250,26 @@ SCORER = obj(
     },
 )
 
+PRIVACY = obj(
+    "dp",
+    {
+        "epsilon_round_ppm": (integer(lo=1, hi=10**12), _REQUIRED),
+        "epsilon_total_ppm": (integer(lo=1, hi=10**15), _REQUIRED),
+        "delta_ppb": (integer(lo=1, hi=10**9 - 1), _REQUIRED),
+        "max_grad_norm_ppm": (integer(lo=1, hi=10**12), _REQUIRED),
+    },
+)
+
+TRAINING = obj(
+    "training",
+    {
+        "algorithm": (one_of("fedavg", "fedprox"), "fedavg"),
+        "mu_ppm": (integer(lo=0, hi=10**12), 0),
+        "compression": (one_of("none", "int8"), "none"),
+        "dp": (optional(PRIVACY), None),
+    },
+)
+
 POLICY = obj(
     "policy",
     {
@@ -249,6 +278,8 @@ POLICY = obj(
         "max_num_examples": (integer(lo=1, hi=MAX_AMOUNT), 1_000_000),
         "scorer": (SCORER, lambda: SCORER({}, "policy.scorer")),
         "aggregation": (text(min_len=1, max_len=64), "fedavg"),
+        "aggregation_params": (dict_of(text(min_len=1, max_len=64), integer(), max_items=16), dict),
+        "training": (TRAINING, lambda: TRAINING({}, "policy.training")),
         "data_schema_digest": (optional(text(max_len=256)), None),
         "model": (text(max_len=256), ""),
         "validation_digest": (optional(text(max_len=256)), None),
@@ -256,6 +287,8 @@ POLICY = obj(
         "max_weight_share_ppm": (integer(lo=1, hi=PPM), PPM),
         "outlier_norm_ratio_ppm": (integer(lo=PPM + 1, hi=1_000 * PPM), 10 * PPM),
         "outlier_weight_ratio_ppm": (integer(lo=PPM + 1, hi=1_000_000 * PPM), 10 * PPM),
+        "no_training_ppm": (optional(integer(lo=0, hi=PPM)), None),
+        "copy_cosine_ppm": (optional(integer(lo=1, hi=PPM)), None),
     },
 )
 
@@ -273,6 +306,7 @@ ENTRY = obj(
         "update": (optional(_hex64), None),
         "num_examples": (optional(integer(lo=0)), None),
         "score_ppm": (optional(integer(lo=-1_000_000, hi=1_000_000)), None),
+        "epsilon_ppm": (optional(integer()), None),
     },
 )
 

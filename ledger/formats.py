@@ -44,7 +44,11 @@ __all__ = [
     "P256_ORDER",
     "FormatError",
     "SignatureError",
+    "MANIFEST_VERSIONS",
     "Manifest",
+    "TrainingClaim",
+    "PrivacyClaim",
+    "PLAIN_TRAINING",
     "EvaluationManifest",
     "EVALUATION_KIND",
     "MAX_LOG_LOSS_PPM",
@@ -61,6 +65,10 @@ __all__ = [
 
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MANIFEST_VERSION = 1
+# Update manifests: version 2 adds the signed training claim; version 1 still verifies.
+MANIFEST_VERSIONS = (1, 2)
+# Metrics and claims are integers in millionths: signed and chaincode data hold no floats.
+PPM = 1_000_000
 DIGEST_MAGIC = b"FLU1"
 # A canonical manifest is about 300 bytes; anything much longer is refused unparsed.
 MAX_MANIFEST_BYTES = 1024
@@ -161,9 +169,107 @@ def update_digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_PRIVACY_FIELDS = ("delta_ppb", "epsilon_ppm", "max_grad_norm_ppm", "noise_multiplier_ppm", "sample_rate_ppm",
+                   "steps")
+_TRAINING_FIELDS = {"algorithm", "compression", "dp", "mu_ppm"}
+
+
+def _int_field(obj: str, field: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer field of a signed claim (``true`` is not an integer), within ``lo..hi``."""
+    if type(value) is not int:
+        raise FormatError(f"{obj} {field} must be an integer")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FormatError(f"{obj} {field} must be from {lo} to {hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class PrivacyClaim:
+    """The DP-SGD parameters a participant trained with in one round, and the ε its own
+    accountant computed for that round (integers: millionths, δ in billionths).
+
+    Parsing checks types and ranges only; whether ε follows from the other parameters,
+    and whether it fits the federation's budget, is decided by the coordinator and the
+    auditor (a negative ε parses, and is rejected there as ``bad_privacy_claim``).
+    """
+
+    noise_multiplier_ppm: int
+    max_grad_norm_ppm: int
+    sample_rate_ppm: int
+    steps: int
+    delta_ppb: int
+    epsilon_ppm: int
+
+    def __post_init__(self) -> None:
+        # σ above 1000 is no training at all; the bound also keeps the accountant's work per claim small.
+        _int_field("dp", "noise_multiplier_ppm", self.noise_multiplier_ppm, 0, 1000 * PPM)
+        _int_field("dp", "max_grad_norm_ppm", self.max_grad_norm_ppm, 1, 10**12)
+        _int_field("dp", "sample_rate_ppm", self.sample_rate_ppm, 1, PPM)
+        _int_field("dp", "steps", self.steps, 1, 10**9)
+        _int_field("dp", "delta_ppb", self.delta_ppb, 1, 10**9 - 1)
+        _int_field("dp", "epsilon_ppm", self.epsilon_ppm, -(10**15), 10**15)
+
+    def to_dict(self) -> dict[str, int]:
+        """The claim as signed."""
+        return {field: getattr(self, field) for field in _PRIVACY_FIELDS}
+
+    @classmethod
+    def from_dict(cls, obj: object) -> PrivacyClaim:
+        """Parse the ``dp`` object of a training claim (exactly its fields)."""
+        if not isinstance(obj, dict) or set(obj) != set(_PRIVACY_FIELDS):
+            raise FormatError(f"training dp must be an object with exactly the fields {list(_PRIVACY_FIELDS)}")
+        return cls(**obj)
+
+
+@dataclass(frozen=True)
+class TrainingClaim:
+    """How a participant says it trained its update (manifest version 2): the algorithm
+    and its parameter (FedProx μ in millionths, 0 for plain FedAvg), the compression of
+    what it sent, and its DP-SGD parameters and ε when differential privacy is on."""
+
+    algorithm: str = "fedavg"
+    mu_ppm: int = 0
+    compression: str = "none"
+    dp: PrivacyClaim | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("algorithm", "compression"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+                raise FormatError(f"training {field} must match {_NAME.pattern}")
+        _int_field("training", "mu_ppm", self.mu_ppm, 0, 10**12)
+        if self.dp is not None and not isinstance(self.dp, PrivacyClaim):
+            raise FormatError("training dp must be a privacy claim or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The claim as signed."""
+        return {"algorithm": self.algorithm, "compression": self.compression,
+                "dp": None if self.dp is None else self.dp.to_dict(), "mu_ppm": self.mu_ppm}
+
+    @classmethod
+    def from_dict(cls, obj: object) -> TrainingClaim:
+        """Parse a manifest's ``training`` object (exactly its fields)."""
+        if not isinstance(obj, dict) or set(obj) != _TRAINING_FIELDS:
+            raise FormatError(f"training must be an object with exactly the fields {sorted(_TRAINING_FIELDS)}")
+        dp = obj["dp"]
+        return cls(algorithm=obj["algorithm"], mu_ppm=obj["mu_ppm"], compression=obj["compression"],
+                   dp=None if dp is None else PrivacyClaim.from_dict(dp))
+
+
+PLAIN_TRAINING = TrainingClaim()
+"""What a version 1 manifest (no ``training`` object) means: FedAvg, sent uncompressed, no DP."""
+_V1_FIELDS = {"base_model", "federation", "num_examples", "participant", "round", "update", "v"}
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """What a participant signs: its update bound to a federation, round and base model."""
+    """What a participant signs: its update bound to a federation, round and base model.
+
+    Version 2 adds ``training``, the participant's signed claim of how it trained
+    (:class:`TrainingClaim`); version 1, without it, still verifies and means
+    :data:`PLAIN_TRAINING`.
+    """
 
     federation: str
     participant: str
@@ -172,22 +278,31 @@ class Manifest:
     update: str
     num_examples: int
     v: int = MANIFEST_VERSION
+    training: TrainingClaim | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.federation, "federation")
         validate_id(self.participant, "participant")
         for field, value in (("round", self.round), ("num_examples", self.num_examples)):
             if type(value) is not int or value < 0:
-                raise FormatError(f"manifest {field} must be a non-negative integer")
+                raise FormatError(f"{field} must be a non-negative integer")
         for field, value in (("base_model", self.base_model), ("update", self.update)):
             if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
-                raise FormatError(f"manifest {field} must be 64 lowercase hex characters")
-        if type(self.v) is not int or self.v != MANIFEST_VERSION:
+                raise FormatError(f"{field} must be 64 lowercase hex characters")
+        if type(self.v) is not int or self.v not in MANIFEST_VERSIONS:
             raise FormatError(f"manifest version {self.v!r} is not supported")
+        if (self.v == 1) != (self.training is None):
+            raise FormatError("a version 2 manifest carries a training claim, a version 1 manifest none")
+        if self.training is not None and not isinstance(self.training, TrainingClaim):
+            raise FormatError("manifest training must be a training claim")
+
+    def claim(self) -> TrainingClaim:
+        """The signed training claim (plain FedAvg for a version 1 manifest)."""
+        return self.training if self.training is not None else PLAIN_TRAINING
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as a plain dict (the signed fields, nothing else)."""
-        return {
+        fields = {
             "base_model": self.base_model,
             "federation": self.federation,
             "num_examples": self.num_examples,
@@ -196,6 +311,9 @@ class Manifest:
             "update": self.update,
             "v": self.v,
         }
+        if self.training is not None:
+            fields["training"] = self.training.to_dict()
+        return fields
 
     def to_bytes(self) -> bytes:
         """The canonical JSON bytes that are signed and hashed."""
@@ -221,11 +339,13 @@ class Manifest:
             raise FormatError(f"manifest is not JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise FormatError("manifest must be a JSON object")
-        expected = {"base_model", "federation", "num_examples", "participant", "round", "update", "v"}
+        expected = _V1_FIELDS | {"training"} if obj.get("v") == 2 else _V1_FIELDS
         if set(obj) != expected:
             missing = sorted(expected - set(obj))
             extra = sorted(set(obj) - expected)
             raise FormatError(f"manifest fields differ (missing {missing}, unexpected {extra})")
+        if "training" in obj:
+            obj["training"] = TrainingClaim.from_dict(obj["training"])
         manifest = cls(**obj)
         if manifest.to_bytes() != raw:
             raise FormatError("manifest is not in canonical form")
@@ -233,8 +353,6 @@ class Manifest:
 
 
 EVALUATION_KIND = "evaluation"
-# Metrics are integers in millionths: signed and chaincode data hold no floats.
-PPM = 1_000_000
 # Log-loss above 100 nats per example is a broken model, not a measurement.
 MAX_LOG_LOSS_PPM = 100 * PPM
 _EVALUATION_FIELDS = {"federation", "participant", "round", "model", "num_examples", "metrics", "kind", "v"}

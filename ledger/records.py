@@ -19,6 +19,8 @@ __all__ = [
     "Identity",
     "TxReceipt",
     "ScorerSpec",
+    "PrivacyPolicy",
+    "TrainingPolicy",
     "FederationPolicy",
     "Federation",
     "OrgCA",
@@ -52,9 +54,16 @@ REASONS: tuple[str, ...] = (
     "bad_signature",
     "high_s",
     "duplicate",
+    "training_mismatch",
+    "bad_privacy_claim",
+    "privacy_budget_exceeded",
+    "bad_compression",
     "non_finite",
     "wrong_shape",
+    "no_training",
+    "copied_update",
     "outlier",
+    "robust_discarded",
 )
 
 ParticipantStatus = Literal["pending", "active", "revoked"]
@@ -108,6 +117,34 @@ class ScorerSpec(Record):
     validation_digest: str | None = None
 
 
+class PrivacyPolicy(Record):
+    """Differential privacy every participant's local training must meet (DP-SGD).
+
+    Each round a participant signs the ε its accountant computed for that round; the
+    coordinator (and the contract, and the auditor) refuse a claim above
+    ``epsilon_round_ppm`` or one that would take the participant's sum over its accepted
+    rounds above ``epsilon_total_ppm`` (basic composition: a valid upper bound). The
+    clipping norm and δ are fixed by the policy.
+    """
+
+    epsilon_round_ppm: int = Field(gt=0, le=10**12)
+    epsilon_total_ppm: int = Field(gt=0, le=10**15)
+    delta_ppb: int = Field(ge=1, le=10**9 - 1)
+    max_grad_norm_ppm: int = Field(gt=0, le=10**12)
+
+
+class TrainingPolicy(Record):
+    """How every participant must train and send its update (its signed training claim,
+    manifest version 2, must say exactly this). The default is what policies written
+    before training claims meant: plain FedAvg, uncompressed, no DP."""
+
+    algorithm: Literal["fedavg", "fedprox"] = "fedavg"
+    # FedProx's proximal coefficient μ in millionths (0 with plain FedAvg).
+    mu_ppm: int = Field(default=0, ge=0, le=10**12)
+    compression: Literal["none", "int8"] = "none"
+    dp: PrivacyPolicy | None = None
+
+
 class FederationPolicy(Record):
     """The rules a federation is created with (``InitFederation``'s ``policy``)."""
 
@@ -117,6 +154,9 @@ class FederationPolicy(Record):
     max_num_examples: int = Field(default=1_000_000, ge=1)
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     aggregation: str = "fedavg"
+    # The aggregation rule's integer parameters (ledger.aggregate.check_params).
+    aggregation_params: dict[str, int] = Field(default_factory=dict)
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     data_schema_digest: str | None = None
     model: str = ""
     # SHA-256 of the coordinator's optional validation file (None: it has none).
@@ -134,6 +174,12 @@ class FederationPolicy(Record):
     outlier_norm_ratio_ppm: int = Field(default=10 * PPM, gt=PPM, le=1_000 * PPM)
     # … or when it claims more than this many millionths of the others' median examples.
     outlier_weight_ratio_ppm: int = Field(default=10 * PPM, gt=PPM, le=1_000_000 * PPM)
+    # Free riding (ledger.copies): an update whose change is at most this many millionths
+    # of the base model's norm is ``no_training``; one whose change has a cosine of at
+    # least this many millionths with another's change, or with the previous round's
+    # global change, is ``copied_update``. None: the check is off (older policies).
+    no_training_ppm: int | None = Field(default=None, ge=0, le=PPM)
+    copy_cosine_ppm: int | None = Field(default=None, gt=0, le=PPM)
 
 
 class Federation(Record):
@@ -198,6 +244,8 @@ class RoundEntry(Record):
     update: str | None = Field(default=None, pattern=_HEX64)
     num_examples: int | None = Field(default=None, ge=0)
     score_ppm: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    # The ε of this round the participant signed (DP on), in millionths.
+    epsilon_ppm: int | None = None
 
     @field_validator("reason")
     @classmethod

@@ -18,20 +18,28 @@ which checks and journals it. Without a signer socket (the simulation) it is lef
 Every message from the coordinator names the digest of the data schema it trains under
 (``data-schema``); an institution whose own declared schema differs refuses it, so no
 model is trained or evaluated on data read under another schema.
+
+A train message's config also says how to train (:func:`training_settings`):
+``algorithm`` (``fedavg`` or ``fedprox`` with ``fedprox-mu``), ``compression`` of the
+reply (``none`` or ``int8``, :mod:`ledger.compression`) and, when the policy turns on
+differential privacy, ``dp-epsilon``, ``dp-delta`` and ``dp-max-grad-norm``. The reply
+carries the arrays as compressed, and a ``"training"`` record with the claim of how they
+were trained, which the signing mod signs into a version 2 manifest.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl import data as fl_data
@@ -43,13 +51,18 @@ from fl.model_spec import ModelSpec
 from fl.records import to_arrays, to_record
 from fl.runtime import configure_logging
 from fl.signer.client import SignerClient, SignerError
-from fl.signing import ManifestSigner, NoSigner, SignerSpec, key_signer, make_signing_mod, socket_signer
+from fl.signing import (TRAINING_KEY, ManifestSigner, NoSigner, SignerSpec, key_signer, make_signing_mod,
+                        socket_signer)
+from ledger.compression import SCHEMES, compress
+from ledger.formats import canonical_json
 from ledger.pki import load_private_key
 from ledger.receipts import RECEIPT_RECORD
 
-__all__ = ["ClientRuntime", "SchemaMismatch", "hand_over_receipt", "make_client_app", "node_config_resolver", "app"]
+__all__ = ["ALGORITHMS", "ClientRuntime", "SchemaMismatch", "TrainingSettings", "hand_over_receipt",
+           "make_client_app", "node_config_resolver", "training_settings", "app"]
 
 log = structlog.get_logger("fedledger.client")
+ALGORITHMS = ("fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,56 @@ def hand_over_receipt(runtime: ClientRuntime, msg: Message) -> None:
         log.warning("receipt_not_recorded", participant=runtime.participant, error=str(exc)[:500])
 
 
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How the coordinator asks this round to be trained (the train message's config)."""
+
+    algorithm: str = "fedavg"
+    mu: float = 0.0
+    compression: str = "none"
+    dp: fl_model.DPSettings | None = None
+
+
+_DP_KEYS = ("dp-epsilon", "dp-delta", "dp-max-grad-norm")
+
+
+def _number(config: Any, key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"train config {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def training_settings(config: Any) -> TrainingSettings:
+    """Read ``algorithm``, ``fedprox-mu``, ``compression`` and the ``dp-*`` keys (absent:
+    FedAvg, uncompressed, no DP). Raises ``ValueError`` naming the key for an unknown
+    algorithm or compression, a μ that does not fit the algorithm, or a partial DP config.
+    """
+    algorithm = str(config.get("algorithm", "fedavg"))
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"train config 'algorithm' is {algorithm!r}; this institution runs {', '.join(ALGORITHMS)}")
+    compression = str(config.get("compression", "none"))
+    if compression not in SCHEMES:
+        raise ValueError(f"train config 'compression' is {compression!r}; known: {', '.join(SCHEMES)}")
+    mu = _number(config, "fedprox-mu") if "fedprox-mu" in config else 0.0
+    if mu < 0:
+        raise ValueError(f"train config 'fedprox-mu' must not be negative, got {mu}")
+    if algorithm == "fedavg" and mu != 0:
+        raise ValueError(f"train config 'fedprox-mu' is {mu} but 'algorithm' is 'fedavg' (μ is FedProx's)")
+    present = [key for key in _DP_KEYS if key in config]
+    dp = None
+    if present:
+        missing = [key for key in _DP_KEYS if key not in config]
+        if missing:
+            raise ValueError(f"train config has {present[0]!r} but lacks {missing[0]!r}: DP needs {', '.join(_DP_KEYS)}")
+        eps, delta, norm = (_number(config, key) for key in _DP_KEYS)
+        try:
+            dp = fl_model.DPSettings(epsilon=eps, delta=delta, max_grad_norm=norm)
+        except ValueError as exc:
+            raise ValueError(f"train config dp-*: {exc}") from None
+    return TrainingSettings(algorithm=algorithm, mu=mu, compression=compression, dp=dp)
+
+
 class SchemaMismatch(ValueError):
     """The coordinator asked for work under a data schema the institution did not declare."""
 
@@ -134,6 +197,7 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
         # Only the training part: the hold-out is kept for federated evaluation.
         X, y, _, _ = fl_eval.holdout_split(*runtime.load_data(), fl_eval.eval_fraction(config), int(config["seed"]))
         arrays = to_arrays(msg.content["arrays"])
+        settings = training_settings(config)
         model = fl_model.build_model(runtime.model, X.shape[1])
         fl_model.set_arrays(model, arrays)
         result = fl_model.train(
@@ -144,12 +208,21 @@ def make_client_app(resolve: Resolver, *, audited: bool = True, adversarial: boo
             lr=float(config["learning-rate"]),
             batch_size=int(config["batch-size"]),
             seed=int(config["seed"]) + int(config["round"]),
+            mu=settings.mu,
+            global_arrays=arrays,
+            dp=settings.dp,
         )
+        claim = replace(result["training"], algorithm=settings.algorithm, compression=settings.compression)
+        sent = compress(fl_model.get_arrays(model), arrays, settings.compression)
         metrics = MetricRecord(
             {"num-examples": int(result["num_examples"]), "train-loss": float(result["loss"])}
         )
         return Message(
-            RecordDict({"arrays": to_record(fl_model.get_arrays(model)), "metrics": metrics}),
+            RecordDict({
+                "arrays": to_record(sent),
+                "metrics": metrics,
+                TRAINING_KEY: ConfigRecord({"claim": canonical_json(claim.to_dict()).decode("utf-8")}),
+            }),
             reply_to=msg,
         )
 

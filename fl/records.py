@@ -29,7 +29,10 @@ def to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord holding ``arrays`` under their names, in name order."""
+    """An ArrayRecord holding ``arrays`` under their names, in name order.
+
+    0-d arrays (an int8 update's scales) stay 0-d: ``np.ascontiguousarray`` would make them 1-d.
+    """
     return ArrayRecord(
-        {name: Array(np.ascontiguousarray(arrays[name])) for name in sorted(arrays)}
+        {name: Array(np.require(arrays[name], requirements="C")) for name in sorted(arrays)}
     )

@@ -5,6 +5,11 @@ the reply (``update``), builds the DESIGN §3 manifest, has it signed, and attac
 ``{"manifest", "signature"}`` as the reply's ``"audit"`` ConfigRecord. Mods inside it
 (local DP, clipping) may change the arrays freely: the signature covers the result.
 
+When the train handler states how it trained — a ``"training"`` ConfigRecord holding
+``{"claim": <canonical JSON of a TrainingClaim>}`` (algorithm and FedProx μ, the
+compression of the arrays sent, the DP-SGD parameters and ε) — the manifest is version
+2 and signs that claim with the update; without it, version 1 as before.
+
 Who signs is a :data:`ManifestSigner`. In deployment it is the institution's signer
 (:func:`socket_signer`): the ClientApp sends the manifest over a Unix socket and gets a
 signature back — or a refusal, which fails the reply (Flower sends an error reply, the
@@ -20,6 +25,7 @@ MetricRecord (integers in millionths, :mod:`fl.evaluation`) and attaches a signe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +36,13 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fl.records import to_arrays
 from fl.signer.client import SignerClient, SignerRefused
-from ledger.formats import EvaluationManifest, Manifest, sign, update_digest
+from ledger.formats import EvaluationManifest, FormatError, Manifest, TrainingClaim, sign, update_digest
 
-__all__ = ["AUDIT_KEY", "ManifestSigner", "SignerSpec", "NoSigner", "key_signer", "socket_signer",
-           "make_signing_mod"]
+__all__ = ["AUDIT_KEY", "TRAINING_KEY", "ManifestSigner", "SignerSpec", "NoSigner", "key_signer", "socket_signer",
+           "make_signing_mod", "training_claim"]
 
 AUDIT_KEY = "audit"
+TRAINING_KEY = "training"  # the train reply's ConfigRecord {"claim": canonical JSON of a TrainingClaim}
 log = structlog.get_logger("fedledger.client")
 CallNext = Callable[[Message, Context], Message]
 ManifestSigner = Callable[[Manifest | EvaluationManifest], str]
@@ -72,6 +79,24 @@ def socket_signer(path: str | Path) -> ManifestSigner:
     return ask
 
 
+def training_claim(reply: Message) -> TrainingClaim | None:
+    """The training claim the train handler put in ``reply`` (its ``"training"`` record), if any.
+
+    Raises ``ValueError`` when the record is there but does not hold a valid claim: the
+    reply then fails rather than being signed as version 1 without the claim.
+    """
+    if TRAINING_KEY not in reply.content.config_records:
+        return None
+    record = reply.content.config_records[TRAINING_KEY]
+    text = record.get("claim")
+    if not isinstance(text, str):
+        raise ValueError(f"the reply's {TRAINING_KEY!r} record has no 'claim' text")
+    try:
+        return TrainingClaim.from_dict(json.loads(text))
+    except (json.JSONDecodeError, FormatError) as exc:
+        raise ValueError(f"the reply's training claim is not valid: {exc}") from None
+
+
 def make_signing_mod(
     resolve: Callable[[Context], SignerSpec],
 ) -> Callable[[Message, Context, CallNext], Message]:
@@ -90,6 +115,7 @@ def make_signing_mod(
             return reply
         signer = resolve(context)
         arrays = to_arrays(reply.content["arrays"])
+        training = training_claim(reply)
         manifest = Manifest(
             federation=str(config["federation"]),
             participant=signer.participant,
@@ -97,6 +123,8 @@ def make_signing_mod(
             base_model=base_model,
             update=update_digest(arrays),
             num_examples=int(reply.content["metrics"]["num-examples"]),
+            v=1 if training is None else 2,
+            training=training,
         )
         data = manifest.to_bytes()
         try:
@@ -106,7 +134,7 @@ def make_signing_mod(
                         reason=exc.reason, detail=exc.detail)
             raise
         reply.content[AUDIT_KEY] = ConfigRecord({"manifest": data.decode("utf-8"), "signature": signature})
-        log.info("update_signed", round=manifest.round, participant=manifest.participant,
+        log.info("update_signed", round=manifest.round, participant=manifest.participant, v=manifest.v,
                  update=manifest.update, manifest_hash=manifest.hash(), num_examples=manifest.num_examples)
         return reply
 

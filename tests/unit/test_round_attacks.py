@@ -58,7 +58,7 @@ def forged(reply: Message, key, *, arrays: dict[str, np.ndarray] | None = None,
     fields["update"] = update_digest(arrays)
     if num_examples is not None:
         fields["num_examples"] = num_examples
-    signed = Manifest(**fields)
+    signed = Manifest(**{**fields, "training": manifest.training})
     content = RecordDict({
         "arrays": to_record(arrays),
         "metrics": MetricRecord({"num-examples": signed.num_examples}),

@@ -145,7 +145,7 @@ def _resigned(reply: Message, *, key, **changes) -> Message:
 
     manifest = Manifest.parse(str(reply.content["audit"]["manifest"]))
     fields = {**manifest.to_dict(), **changes}
-    text = Manifest(**fields).to_bytes() if all(type(fields[k]) is type(getattr(manifest, k)) for k in changes) else None
+    text = Manifest(**{**fields, "training": manifest.training}).to_bytes() if all(type(fields[k]) is type(getattr(manifest, k)) for k in changes) else None
     data = text if text is not None else json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     content = RecordDict(dict(reply.content.items()))
     content["audit"] = ConfigRecord({"manifest": data.decode(), "signature": sign(data, key)})

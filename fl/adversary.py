@@ -12,6 +12,9 @@ foreign-key   signs with a key nobody registered      bad_signature
 wrong-base    trains from another model               wrong_base_model
 nan           sends NaN weights (signed)              non_finite
 shape         sends a wrongly shaped tensor (signed)  wrong_shape
+free-rider    returns the model it received (signed)  no_training
+copier        returns the received model plus last    copied_update
+              round's global step (signed)
 ============  ======================================  ==================
 
 ``outer_mod`` sits outside the signing mod (it acts on what was signed), ``inner_mod``
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fl.records import to_arrays, to_record
+from ledger.compression import SCALE_SUFFIX, compress
 from ledger.formats import sign
 
 __all__ = ["KINDS", "EXPECTED_REASON", "parse_adversaries", "make_adversary_mods"]
@@ -38,11 +42,14 @@ EXPECTED_REASON = {
     "wrong-base": "wrong_base_model",
     "nan": "non_finite",
     "shape": "wrong_shape",
+    "free-rider": "no_training",
+    "copier": "copied_update",
 }
 KINDS = tuple(EXPECTED_REASON)
 CallNext = Callable[[Message, Context], Message]
 Mod = Callable[[Message, Context, CallNext], Message]
 _REPLAY_KEY = "fedledger-replay"
+_PREVIOUS_KEY = "fedledger-previous-global"
 _REPLAYED = ("arrays", "metrics", "audit")
 
 
@@ -84,7 +91,7 @@ def make_adversary_mods(kind_of: Callable[[Context], str | None]) -> tuple[Mod, 
             return reply
         if kind == "tamper":
             arrays = to_arrays(reply.content["arrays"])
-            first = sorted(arrays)[0]
+            first = _first_float(arrays)
             arrays[first] = (arrays[first] + np.float32(0.01)).astype(arrays[first].dtype)
             reply.content["arrays"] = to_record(arrays)
         elif kind == "foreign-key":
@@ -100,11 +107,15 @@ def make_adversary_mods(kind_of: Callable[[Context], str | None]) -> tuple[Mod, 
 
     def inner_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
         kind = kind_of(context) if _is_train(msg) else None
+        received = to_arrays(msg.content["arrays"]) if kind in ("free-rider", "copier") else None
         reply = call_next(msg, context)
+        if received is not None and not reply.has_error():
+            reply.content["arrays"] = to_record(_free_ride(kind, received, to_arrays(reply.content["arrays"]), context))
+            return reply
         if kind not in ("nan", "shape") or reply.has_error():
             return reply
         arrays = to_arrays(reply.content["arrays"])
-        first = sorted(arrays)[0]
+        first = _first_float(arrays) if kind == "nan" else sorted(arrays)[0]
         if kind == "nan":
             bad = arrays[first].copy()
             bad.flat[0] = np.nan
@@ -115,3 +126,25 @@ def make_adversary_mods(kind_of: Callable[[Context], str | None]) -> tuple[Mod, 
         return reply
 
     return outer_mod, inner_mod
+
+
+def _first_float(arrays: dict[str, np.ndarray]) -> str:
+    """The first tensor holding floats (under int8 compression: a scale, not an int8 tensor)."""
+    return next(name for name in sorted(arrays) if arrays[name].dtype.kind == "f")
+
+
+def _free_ride(kind: str | None, received: dict[str, np.ndarray], trained: dict[str, np.ndarray],
+               context: Context) -> dict[str, np.ndarray]:
+    """What a free rider sends instead of its trained update, in the form the honest reply
+    had (int8-compressed when it was): the received model itself, or (``copier``) the
+    received model moved once more by the last global step it saw (nothing in round 1)."""
+    target = received
+    previous = context.state.get(_PREVIOUS_KEY) if kind == "copier" else None
+    if previous is not None:
+        before = to_arrays(previous)
+        target = {n: (a.astype(np.float64) + (a.astype(np.float64) - before[n].astype(np.float64))).astype(a.dtype)
+                  for n, a in received.items()}
+    if kind == "copier":
+        context.state[_PREVIOUS_KEY] = to_record(received)
+    compressed = any(name.endswith(SCALE_SUFFIX) for name in trained)
+    return compress(target, received, "int8") if compressed else target

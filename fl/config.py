@@ -14,7 +14,15 @@ The file has two tables, both read by :func:`load_config` into one frozen
     target = "deny"              target column, positive_label, negative_label,
     [[federation.data.features]] each feature's type, missing-value rule and constants
     [federation.model]           kind = "mlp" (hidden = [32]) or "logistic"; seed
-    [federation.training]        local training settings sent to every participant
+    scorer = "cosine"            contribution scorer: cosine, loo or shapley (the last two
+    scorer_params = {}           use the validation file), with its integer parameters
+    aggregation = "fedavg"       or median, trimmed-mean, multi-krum; aggregation_params
+    no_training = 1e-6           free riding: a change below this share of the model's norm
+    copy_cosine = 0.9999         and a cosine to another change or last step at least this
+    [federation.training]        local training settings sent to every participant, and
+                                 what each must sign it did: fedprox_mu, compression
+                                 ("none" or "int8"), dp_epsilon (per round; DP-SGD on when
+                                 set), dp_epsilon_total, dp_delta, dp_max_grad_norm
     [[federation.participants]]  id, msp_id, data (the institution's own CSV, on its side)
 
     [deployment]                 optional: where the coordinator's SuperLink listens
@@ -103,12 +111,23 @@ class _Model(BaseModel):
 
 
 class TrainingConfig(_Model):
-    """Local training settings sent to every participant."""
+    """Local training settings sent to every participant, and the training every
+    participant must sign it did (the policy's ``training``)."""
 
     local_epochs: int = Field(default=2, ge=1, le=100)
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 42
+    # FedProx's proximal coefficient μ (0: plain FedAvg).
+    fedprox_mu: float = Field(default=0.0, ge=0, le=1_000)
+    # How updates travel: as they are, or int8-quantised per tensor.
+    compression: Literal["none", "int8"] = "none"
+    # DP-SGD (Opacus) when dp_epsilon is set: the ε each round may spend, the total over
+    # a participant's rounds (default: dp_epsilon × rounds), δ and the clipping norm.
+    dp_epsilon: float | None = Field(default=None, gt=0, le=1_000)
+    dp_epsilon_total: float | None = Field(default=None, gt=0, le=1_000_000)
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    dp_max_grad_norm: float = Field(default=1.0, gt=0, le=1_000)
 
 
 class ParticipantConfig(_Model):
@@ -164,6 +183,19 @@ class FederationConfig(_Model):
     max_norm_ratio: float = Field(default=10.0, gt=1, le=1000)
     max_weight_ratio: float = Field(default=10.0, gt=1, le=1_000_000)
     max_weight_share: float = Field(default=0.8, gt=0, le=1)
+    # Contribution scorer (ledger.scoring): cosine needs no data; loo and shapley measure
+    # the federation's metric on the coordinator's validation file.
+    scorer: Literal["cosine", "loo", "shapley"] = "cosine"
+    scorer_params: dict[str, int | str] = Field(default_factory=dict)
+    # Aggregation rule (ledger.aggregate) and its integer parameters.
+    aggregation: Literal["fedavg", "median", "trimmed-mean", "multi-krum"] = "fedavg"
+    aggregation_params: dict[str, int] = Field(default_factory=dict)
+    # Free riding (ledger.copies): an update whose change is at most no_training × the
+    # model's norm did not train; one whose change has a cosine of at least copy_cosine
+    # with another participant's change, or with last round's global change, is a copy.
+    # ``false`` turns a check off.
+    no_training: Annotated[float, Field(ge=0, le=1)] | Literal[False] = 1e-6
+    copy_cosine: Annotated[float, Field(gt=0, le=1)] | Literal[False] = 0.9999
     # Prometheus /metrics of the coordinator on 127.0.0.1:<port> (off when unset).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Participants that must be connected before a round starts (default: all of them).
@@ -189,6 +221,19 @@ class FederationConfig(_Model):
                 "ledger = \"fabric\" needs fabric_profile = \"<path of connection.json>\" "
                 "(`fedledger network up` prints it)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rules_fit(self) -> FederationConfig:
+        from ledger.aggregate import AggregationError, check_params
+
+        try:
+            check_params(self.aggregation, self.aggregation_params)
+        except AggregationError as exc:
+            raise ValueError(f"aggregation_params: {exc}") from None
+        if self.scorer in ("loo", "shapley") and self.validation is None:
+            raise ValueError(f"scorer = {self.scorer!r} measures contributions on the coordinator's validation "
+                             "file: set validation = \"<CSV>\"")
         return self
 
     @field_validator("auditor_msps")
@@ -367,7 +412,7 @@ def write_config(config: FederationConfig, path: Path) -> None:
     lines = ["[federation]"]
     for key in ("id", "rounds", "ledger", "coordinator_msp", "reward_budget", "data_seed",
                 "dirichlet_alpha", "max_norm_ratio", "max_weight_ratio", "max_weight_share",
-                "min_participants", "metrics_port"):
+                "min_participants", "metrics_port", "scorer", "aggregation"):
         if getattr(config, key) is not None:
             lines.append(f"{key} = {_toml(getattr(config, key))}")
     lines.append(f"workdir = {_toml(str(config.workdir))}")
@@ -377,13 +422,19 @@ def write_config(config: FederationConfig, path: Path) -> None:
         lines.append(f"validation = {_toml(str(config.validation))}")
     lines.append(f"eval_fraction = {_toml(config.eval_fraction)}")
     lines.append(f"auditor_msps = {_toml(config.auditor_msps)}")
+    for key in ("scorer_params", "aggregation_params"):
+        if getattr(config, key):
+            lines.append(f"{key} = {_toml(getattr(config, key))}")
+    for key in ("no_training", "copy_cosine"):
+        lines.append(f"{key} = {_toml(getattr(config, key))}")
     if config.data is not None:
         lines.extend(_table("federation.data", config.data.model_dump(mode="json", exclude_none=True)))
     lines.extend(_table("federation.model", config.model.model_dump(mode="json")))
     lines.append("")
     lines.append("[federation.training]")
     for key, value in config.training.model_dump().items():
-        lines.append(f"{key} = {_toml(value)}")
+        if value is not None:
+            lines.append(f"{key} = {_toml(value)}")
     for participant in config.participants:
         lines.append("")
         lines.append("[[federation.participants]]")
@@ -430,4 +481,6 @@ def _toml(value: Any) -> str:
         return f'"{escaped}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -23,9 +23,10 @@ import structlog
 from fl import data as fl_data
 from fl import demo_data
 from fl.data import DataSchema
-from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, write_config
+from fl.config import FederationConfig, ParticipantConfig, default_participants, msp_for, override, write_config
 from fl.identities import CredentialsError, adopt_network_cas, member_credentials
-from fl.server_app import CoordinatorRun, federation_policy
+from fl.server_app import CoordinatorRun, federation_policy, store_validation_set
+from ledger.artifacts import ArtifactStore
 from fl.onboarding import count_rows
 from ledger.declarations import declare_examples
 from ledger.factory import open_ledger
@@ -135,7 +136,9 @@ def prepare_federation(cfg: FederationConfig) -> list[dict[str, Any]]:
     ledger = open_ledger(cfg.ledger_config, coordinator)
     lines: list[dict[str, Any]] = []
     try:
-        ledger.init_federation(cfg.id, federation_policy(cfg))
+        policy = federation_policy(cfg)
+        store_validation_set(cfg, policy, ArtifactStore(cfg.artifacts_path))
+        ledger.init_federation(cfg.id, policy)
         orgs_with_ca: set[str] = set()
         for participant in cfg.participants:
             key, cert, ca_cert = demo_identity(pki, participant.id, participant.msp_id)
@@ -183,6 +186,15 @@ def demo_config(
     )
 
 
+def with_policy(cfg: FederationConfig, policy: Mapping[str, Any]) -> FederationConfig:
+    """``cfg`` with federation keys (and ``training`` keys) changed, validated again."""
+    changes = {k: v for k, v in policy.items() if k != "training"}
+    training = {k: v for k, v in (policy.get("training") or {}).items() if v is not None}
+    if training:
+        changes["training"] = {**cfg.training.model_dump(), **training}
+    return override(cfg, "demo options", **changes)
+
+
 def write_demo_data(cfg: FederationConfig) -> None:
     """Each bank's CSV (a non-IID split of the bundled credit data) and the validation file."""
     split = demo_data.partition_credit(len(cfg.participants), cfg.data_seed, cfg.dirichlet_alpha)
@@ -199,17 +211,21 @@ def run_demo(
     ledger: str = "embedded",
     fabric_profile: Path | None = None,
     federation: str | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> DemoResult:
     """Run the whole demo federation and return its summary.
 
     On Fabric a channel outlives a demo, so each run creates a new federation id
-    (``demo-<hex>``) unless one is given.
+    (``demo-<hex>``) unless one is given. ``policy`` sets federation keys of the file
+    (``scorer``, ``aggregation``, …) and, under ``training``, keys of
+    ``[federation.training]`` (``fedprox_mu``, ``compression``, ``dp_epsilon``, …).
     """
     adversaries = dict(adversaries or {})
     if federation is None:
         federation = "demo-fed" if ledger == "embedded" else f"demo-{secrets.token_hex(4)}"
     try:
         cfg = demo_config(workdir, rounds, participants, federation, ledger=ledger, fabric_profile=fabric_profile)
+        cfg = with_policy(cfg, policy or {})
     except ValueError as exc:
         raise DemoError(str(exc)) from None
     unknown = sorted(set(adversaries) - set(cfg.participant_ids()))

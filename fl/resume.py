@@ -2,7 +2,8 @@
 
 The last round whose ``CommitModel`` is on the ledger is done. A round recorded but not
 committed (the coordinator stopped between the two writes) is completed from the stored
-updates, exactly as the auditor would recompute it, and committed.
+updates, exactly as the auditor would recompute it (decoded from what was sent, weights
+capped by the policy, the policy's aggregation rule), and committed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from ledger.aggregate import AGGREGATORS, WeightedUpdate
+from ledger.aggregate import AGGREGATORS, WeightedUpdate, capped
+from ledger.compression import decompress
 from ledger.artifacts import ArtifactStore
 from ledger.protocol import Ledger
 from ledger.records import ModelCommit
@@ -59,12 +61,15 @@ def resume(
     if last.commit is not None:
         return ResumeState(last.round, last.commit.model, artifacts.get(last.commit.model))
     record = last.record
-    updates = [
-        WeightedUpdate(e.participant, int(e.num_examples or 0), artifacts.get(str(e.update)))
+    policy = ledger.get_federation(federation).policy
+    base = artifacts.get(record.base_model)
+    updates = capped([
+        WeightedUpdate(e.participant, int(e.num_examples or 0),
+                       decompress(artifacts.get(str(e.update)), base, policy.training.compression))
         for e in record.accepted()
-    ]
-    aggregation = ledger.get_federation(federation).policy.aggregation
-    arrays = AGGREGATORS[aggregation](updates) if updates else artifacts.get(record.base_model)
+    ], policy.max_weight_share_ppm)
+    aggregation = policy.aggregation
+    arrays = AGGREGATORS[aggregation](updates, policy.aggregation_params) if updates else base
     model = artifacts.put(arrays)
     commit = ModelCommit(
         round=last.round,

@@ -30,7 +30,8 @@ from ledger.factory import open_ledger
 from fl.identities import member_credentials
 from ledger.identity import Credentials
 from ledger.formats import PPM, sha256_hex, update_digest
-from ledger.records import FederationPolicy, Identity, ScorerSpec
+from ledger.records import FederationPolicy, Identity, PrivacyPolicy, ScorerSpec, TrainingPolicy
+from ledger.utility import ValidationSet
 
 __all__ = [
     "CoordinatorRun",
@@ -40,6 +41,11 @@ __all__ = [
     "check_policy",
     "initial_model",
     "validation_digest",
+    "validation_set",
+    "store_validation_set",
+    "scorer_spec",
+    "training_policy",
+    "training_settings",
     "make_server_app",
     "run_coordinator",
     "app",
@@ -74,6 +80,51 @@ def validation_digest(cfg: FederationConfig) -> str | None:
         raise ConfigError(f"validation file {cfg.validation}: cannot be read ({exc.strerror or exc})") from exc
 
 
+def validation_set(cfg: FederationConfig) -> ValidationSet | None:
+    """The coordinator's validation file encoded by the schema, as the scorer reads it."""
+    if cfg.validation is None:
+        return None
+    X, y = fl_data.load_csv(cfg.validation, cfg.schema)
+    return ValidationSet(x=np.asarray(X, np.float32), y=np.asarray(y, np.int8))
+
+
+def scorer_spec(cfg: FederationConfig) -> ScorerSpec:
+    """The scorer the policy names: cosine needs nothing; loo and shapley name the encoded
+    validation set by its digest (the coordinator stores it in the artifact store, where
+    the auditor reads it), with the training seed for Shapley's permutations."""
+    if cfg.scorer == "cosine":
+        return ScorerSpec(name="cosine", params=dict(cfg.scorer_params))
+    validation = validation_set(cfg)
+    assert validation is not None  # the config refuses loo and shapley without a validation file
+    return ScorerSpec(name=cfg.scorer, params=dict(cfg.scorer_params), seed=cfg.training.seed,
+                      validation_digest=update_digest(validation.to_arrays()))
+
+
+def training_policy(cfg: FederationConfig) -> TrainingPolicy:
+    """What every participant must sign it did: FedProx μ, compression, DP-SGD budget."""
+    training = cfg.training
+    dp = None
+    if training.dp_epsilon is not None:
+        total = training.dp_epsilon_total if training.dp_epsilon_total is not None else training.dp_epsilon * cfg.rounds
+        dp = PrivacyPolicy(epsilon_round_ppm=round(training.dp_epsilon * PPM), epsilon_total_ppm=round(total * PPM),
+                           delta_ppb=max(1, round(training.dp_delta * 1e9)),
+                           max_grad_norm_ppm=max(1, round(training.dp_max_grad_norm * PPM)))
+    mu_ppm = round(training.fedprox_mu * PPM)
+    return TrainingPolicy(algorithm="fedprox" if mu_ppm > 0 else "fedavg", mu_ppm=mu_ppm,
+                          compression=training.compression, dp=dp)
+
+
+def training_settings(policy: TrainingPolicy) -> dict[str, str | float]:
+    """The train message's keys that tell an institution how to train, from the ledger's
+    policy (so every participant trains as it must then sign)."""
+    settings: dict[str, str | float] = {"algorithm": policy.algorithm, "fedprox-mu": policy.mu_ppm / PPM,
+                                        "compression": policy.compression}
+    if policy.dp is not None:
+        settings.update({"dp-epsilon": policy.dp.epsilon_round_ppm / PPM, "dp-delta": policy.dp.delta_ppb / 1e9,
+                         "dp-max-grad-norm": policy.dp.max_grad_norm_ppm / PPM})
+    return settings
+
+
 def federation_policy(cfg: FederationConfig) -> FederationPolicy:
     """The policy a federation is created with: auditors, budget, scorer, aggregation, the
     digests of the data schema, of the initial model and of the coordinator's validation
@@ -82,8 +133,12 @@ def federation_policy(cfg: FederationConfig) -> FederationPolicy:
     return FederationPolicy(
         auditor_msps=list(cfg.auditor_msps),
         reward_budget=cfg.reward_budget,
-        scorer=ScorerSpec(name="cosine"),
-        aggregation="fedavg",
+        scorer=scorer_spec(cfg),
+        aggregation=cfg.aggregation,
+        aggregation_params=dict(cfg.aggregation_params),
+        training=training_policy(cfg),
+        no_training_ppm=None if cfg.no_training is False else round(cfg.no_training * PPM),
+        copy_cosine_ppm=None if cfg.copy_cosine is False else max(1, round(cfg.copy_cosine * PPM)),
         data_schema_digest=cfg.schema.digest(),
         model=update_digest(initial_model(cfg)),
         validation_digest=validation_digest(cfg),
@@ -111,6 +166,19 @@ def check_policy(cfg: FederationConfig, policy: FederationPolicy) -> None:
         problems.append(f"the validation file {cfg.validation} is not the one whose digest is in the policy")
     if problems:
         raise ConfigError(f"federation {cfg.id}: " + "; ".join(problems))
+
+
+def store_validation_set(cfg: FederationConfig, policy: FederationPolicy, artifacts: ArtifactStore) -> None:
+    """Put the scorer's validation set where the auditor will read it (content-addressed,
+    idempotent); refuse to run if the file no longer encodes to the policy's digest."""
+    digest = policy.scorer.validation_digest
+    if digest is None:
+        return
+    validation = validation_set(cfg)
+    stored = artifacts.put(validation.to_arrays()) if validation is not None else None
+    if stored != digest:
+        raise ConfigError(f"federation {cfg.id}: the validation file {cfg.validation} does not encode to the "
+                          f"scorer's validation set {digest[:16]}… named in the ledger's policy")
 
 
 def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]] | None:
@@ -153,6 +221,7 @@ def run_coordinator(
         artifacts = ArtifactStore(cfg.artifacts_path)
         policy = ledger.get_federation(cfg.id).policy
         check_policy(cfg, policy)
+        store_validation_set(cfg, policy, ArtifactStore(cfg.artifacts_path))
         state = resume(ledger, cfg.id, artifacts, initial_model(cfg))
         evaluate = _evaluator(cfg)
         initial_metrics = evaluate(dict(state.arrays)) if evaluate is not None else {}
@@ -177,6 +246,7 @@ def run_coordinator(
                 "batch-size": cfg.training.batch_size,
                 "seed": cfg.training.seed,
                 "data-schema": cfg.schema.digest(),
+                **training_settings(policy.training),
             },
             round_offset=state.completed,
             expected_nodes=cfg.quorum,

@@ -62,6 +62,7 @@ from fl.verification import (
     verify_evaluations,
     verify_round,
 )
+from ledger.admission import privacy_spent
 from ledger.aggregate import AGGREGATORS
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.audit_rejections import mismatch_detail
@@ -79,8 +80,9 @@ from ledger.records import (
     RoundRecord,
     ScorerSpec,
 )
-from ledger.robustness import global_change_norm, previous_base
-from ledger.scoring import SCORERS
+from ledger.robustness import previous_base
+from ledger.scoring import SCORERS, ScorerError, score_round
+from ledger.utility import ValidationSet
 
 __all__ = ["AuditedFedAvg", "RoundFailed", "RoundSummary", "RECEIPT_KEY"]
 
@@ -186,6 +188,7 @@ class AuditedFedAvg(FedAvg):
         self._eval_fraction_ppm = eval_fraction_ppm
         self._pending: RoundSummary | None = None  # committed, its evaluation not yet recorded
         self._policy: FederationPolicy | None = None
+        self._validation_set: ValidationSet | None = None
         # Who signs receipts (the coordinator's ledger identity; None: no receipts), and
         # the receipts not yet delivered, by node id.
         self.receipts = receipts
@@ -261,6 +264,28 @@ class AuditedFedAvg(FedAvg):
         except (LedgerError, ArtifactError) as exc:
             raise RoundFailed(f"round {round_no}: the previous global model cannot be read: {exc}") from exc
 
+    def _privacy_spent(self, round_no: int) -> dict[str, int]:
+        """Under DP, the ε each participant's accepted updates signed before this round."""
+        if self.policy(round_no).training.dp is None:
+            return {}
+        try:
+            return privacy_spent(self.ledger.list_rounds(self.federation), round_no)
+        except LedgerError as exc:
+            raise RoundFailed(f"round {round_no}: the privacy spent so far cannot be read: {exc}") from exc
+
+    def _validation(self, round_no: int) -> ValidationSet | None:
+        """The scorer's validation set, from the artifact store by its digest in the policy."""
+        digest = self.scorer.validation_digest
+        if digest is None:
+            return None
+        if self._validation_set is None:
+            try:
+                self._validation_set = ValidationSet.from_arrays(self.artifacts.get(digest))
+            except (ArtifactError, ValueError) as exc:
+                raise RoundFailed(f"round {round_no}: the scorer's validation set {digest[:16]}… "
+                                  f"cannot be read: {exc}") from exc
+        return self._validation_set
+
     def eval_fraction_ppm(self, round_no: int = 0) -> int:
         """The share of rows each institution holds out, in millionths (0: no federated evaluation)."""
         if self._eval_fraction_ppm is None:
@@ -294,7 +319,8 @@ class AuditedFedAvg(FedAvg):
             max_num_examples=self.max_num_examples,
             # The on-ledger policy and the last global change: what the auditor recomputes with.
             policy=self.policy(round_no),
-            previous_change=global_change_norm(previous, base_arrays) if previous is not None else None,
+            previous=previous,
+            privacy_spent=self._privacy_spent(round_no),
         )
         verdict = verify_round(replies, ctx, self.keys)
         # A node that was asked and never answered leaves evidence too.
@@ -306,14 +332,17 @@ class AuditedFedAvg(FedAvg):
                                               node=node[:64]))
         verdict.entries.sort(key=entry_order)
         verdict.entries = self._keep_evidence(replies, verdict.entries, base_arrays)
-        scores = SCORERS[self.scorer.name](base_arrays, verdict.accepted, previous)
+        try:
+            scores = score_round(self.scorer, base_arrays, verdict.accepted, previous, self._validation(round_no))
+        except ScorerError as exc:
+            raise RoundFailed(f"round {round_no}: the contribution scores cannot be computed: {exc}") from exc
         entries = [
             e.model_copy(update={"score_ppm": scores[e.participant]}) if e.status == "accepted" else e
             for e in verdict.entries
         ]
         # Updates are stored before they are recorded, so a coordinator that crashes
         # after RecordRound can still recompute and commit this round on restart.
-        self.artifacts.put_many([update.arrays for update in verdict.accepted])
+        self.artifacts.put_many([verdict.sent[update.participant] for update in verdict.accepted])
         record = RoundRecord(round=round_no, base_model=base_model, scorer=self.scorer, entries=entries)
         ledger_started = time.perf_counter()
         try:
@@ -325,7 +354,8 @@ class AuditedFedAvg(FedAvg):
         log.info("round_recorded", round=round_no, tx_id=record_rx.tx_id, block=record_rx.block_number,
                  accepted=len(verdict.accepted), rejected=len(verdict.rejected()))
         self._sign_receipts(record, record_rx.tx_id)
-        new_arrays = AGGREGATORS[self.aggregation](verdict.accepted) if verdict.accepted else base_arrays
+        new_arrays = (AGGREGATORS[self.aggregation](verdict.accepted, self.policy(round_no).aggregation_params)
+                      if verdict.accepted else base_arrays)
         model = self.artifacts.put(new_arrays)
         commit = ModelCommit(
             round=round_no,

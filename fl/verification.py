@@ -23,6 +23,12 @@ The outlier test (:func:`ledger.robustness.outliers`) weighs example counts as w
 the size of each change, with the on-ledger policy's parameters, and the accepted
 updates carry their FedAvg weights capped by the policy (:func:`ledger.aggregate.capped`).
 
+After the duplicate check, every authenticated update goes through the rules shared with
+the auditor (:mod:`ledger.admission`): its signed training claim against the policy
+(``training_mismatch``, ``bad_privacy_claim``, ``privacy_budget_exceeded``), its content
+decoded from what was sent (``bad_compression``, ``non_finite``, ``wrong_shape``), and the
+round-level tests (``no_training``, ``copied_update``, ``outlier``, ``robust_discarded``).
+
 :func:`verify_evaluations` does the same for the evaluate replies about the model a round
 committed: reply error → malformed → wrong federation / round / model → unknown, not
 admitted, revoked, expired or node bound to another participant → bad signature →
@@ -58,8 +64,8 @@ from ledger.formats import (
     verify,
 )
 from ledger.formats import PPM
+from ledger.admission import claim_rejection, dense_update, round_rejections, signed_epsilon
 from ledger.records import EvaluationEntry, FederationPolicy, Participant, RoundEntry
-from ledger.robustness import outliers
 
 __all__ = ["RoundContext", "RoundVerdict", "UpdateRejected", "verify_round", "entry_order", "KeyCache",
            "EvaluationContext", "verify_evaluations", "reply_bound", "MAX_ROUND_BYTES", "npy_header",
@@ -124,9 +130,12 @@ class RoundContext:
     policy: FederationPolicy | None = None
     max_norm_ratio: float = 10.0
     max_num_examples: int = 1_000_000
-    # The norm of the previous round's global change (ledger.robustness.global_change_norm),
-    # a reference for the outlier test when a round has fewer than three candidates.
-    previous_change: float | None = None
+    # G_{r-1}, the model the previous round trained from (None in round 1): the outlier
+    # test's reference when a round has few candidates, and last round's step that a
+    # copied update would repeat.
+    previous: Mapping[str, np.ndarray] | None = None
+    # The ε each participant's accepted updates of earlier rounds signed (DP on).
+    privacy_spent: Mapping[str, int] = field(default_factory=dict)
     # Bytes one reply's tensors may declare (default: reply_bound(base_arrays)), and
     # bytes the whole round may decode.
     max_reply_bytes: int | None = None
@@ -161,6 +170,9 @@ class RoundVerdict:
 
     entries: list[RoundEntry] = field(default_factory=list)
     accepted: list[WeightedUpdate] = field(default_factory=list)
+    # What each accepted participant sent and signed (its manifest's ``update``): the
+    # form the artifact store keeps, which ``accepted`` holds decoded (uncompressed).
+    sent: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def rejected(self) -> list[RoundEntry]:
         """The rejected entries."""
@@ -370,22 +382,17 @@ def _authenticate(reply: Message, ctx: RoundContext, keys: KeyCache, cand: _Cand
         raise UpdateRejected("bad_signature", f"registered certificate unusable: {exc}") from exc
 
 
-def _check_content(cand: _Candidate, ctx: RoundContext) -> None:
-    """non_finite and wrong_shape: the tensors must be usable in the aggregate."""
-    assert cand.arrays is not None
-    for name, tensor in cand.arrays.items():
-        if tensor.dtype.kind in "fc" and not np.all(np.isfinite(tensor)):
-            raise UpdateRejected("non_finite", f"tensor {name!r} has NaN or infinite values")
-    expected = ctx.base_arrays
-    if sorted(cand.arrays) != sorted(expected):
-        raise UpdateRejected("wrong_shape", "tensor names differ from the global model")
-    for name, tensor in cand.arrays.items():
-        ref = expected[name]
-        if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
-            raise UpdateRejected(
-                "wrong_shape",
-                f"tensor {name!r} is {tensor.dtype}{list(tensor.shape)}, expected {ref.dtype}{list(ref.shape)}",
-            )
+def _check_content(cand: _Candidate, ctx: RoundContext) -> dict[str, np.ndarray]:
+    """The signed training claim, then the content: return the dense update or raise
+    UpdateRejected (rules shared with the auditor, :mod:`ledger.admission`)."""
+    assert cand.arrays is not None and cand.manifest is not None
+    rules = ctx.rules()
+    rejection = claim_rejection(cand.manifest, rules, ctx.privacy_spent.get(cand.participant, 0))
+    if rejection is None:
+        dense, rejection = dense_update(cand.arrays, ctx.base_arrays, rules)
+        if dense is not None:
+            return dense
+    raise UpdateRejected(*rejection)
 
 
 def _entry(cand: _Candidate, status: str, reason: str | None = None, detail: str | None = None) -> RoundEntry:
@@ -401,6 +408,7 @@ def _entry(cand: _Candidate, status: str, reason: str | None = None, detail: str
         signature=cand.signature if manifest is not None else None,
         update=manifest.update if manifest is not None else None,
         num_examples=manifest.num_examples if manifest is not None else None,
+        epsilon_ppm=signed_epsilon(manifest) if manifest is not None else None,
     )
 
 
@@ -437,26 +445,27 @@ def verify_round(
     for cand in authentic:
         counts[cand.participant] = counts.get(cand.participant, 0) + 1
     passed: list[_Candidate] = []
+    signed: list[WeightedUpdate] = []
     for cand in authentic:
         if counts[cand.participant] > 1:
             verdict.entries.append(_entry(cand, "rejected", "duplicate",
                                           f"{counts[cand.participant]} signed replies from {cand.participant}"))
             continue
         try:
-            _check_content(cand, ctx)
+            dense = _check_content(cand, ctx)
         except UpdateRejected as exc:
             verdict.entries.append(_entry(cand, "rejected", exc.reason, exc.detail))
             continue
         passed.append(cand)
+        signed.append(WeightedUpdate(cand.participant, cand.manifest.num_examples, dense))  # type: ignore[union-attr]
     rules = ctx.rules()
-    signed = [WeightedUpdate(c.participant, c.manifest.num_examples, c.arrays)  # type: ignore[union-attr,arg-type]
-              for c in passed]
-    rejected = outliers(ctx.base_arrays, signed, rules, ctx.previous_change)
+    rejected = round_rejections(ctx.base_arrays, signed, rules, ctx.previous)
     for cand in passed:
         if cand.participant in rejected:
-            verdict.entries.append(_entry(cand, "rejected", "outlier", rejected[cand.participant]))
+            verdict.entries.append(_entry(cand, "rejected", *rejected[cand.participant]))
         else:
             verdict.entries.append(_entry(cand, "accepted"))
+            verdict.sent[cand.participant] = cand.arrays  # type: ignore[assignment]
     verdict.accepted = capped([u for u in signed if u.participant not in rejected], rules.max_weight_share_ppm)
     verdict.entries.sort(key=entry_order)
     verdict.accepted.sort(key=lambda u: u.participant)

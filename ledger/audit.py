@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from ledger.admission import dense_update, privacy_spent, signed_epsilon
 from ledger.audit_chains import check_chains
 from ledger.aggregate import AGGREGATORS, AggregationError, WeightedUpdate, capped
 from ledger.artifacts import ArtifactError, ArtifactStore
@@ -27,7 +26,8 @@ from ledger.formats import EvaluationManifest, FormatError, Manifest, SignatureE
 from ledger.incentives import compute_rewards
 from ledger.protocol import Ledger
 from ledger.records import EvaluationEntry, FederationPolicy, Participant, RoundEntry, RoundView
-from ledger.scoring import SCORERS
+from ledger.scoring import ScorerError, score_round
+from ledger.utility import ValidationSet
 from ledger.tokens import check_token_supply
 
 __all__ = ["AuditReport", "audit_federation", "backend_integrity"]
@@ -101,7 +101,8 @@ def _check_entry(
     actual = (manifest.federation, manifest.round, manifest.base_model, manifest.participant)
     if actual != expected:
         report.problems.append(f"{where}: manifest names {actual}, the round is {expected}")
-    if manifest.update != entry.update or manifest.num_examples != entry.num_examples:
+    if (manifest.update, manifest.num_examples, signed_epsilon(manifest)) != (
+            entry.update, entry.num_examples, entry.epsilon_ppm):
         report.problems.append(f"{where}: entry fields differ from the signed manifest")
     participant = participants.get(entry.participant)
     if participant is None:
@@ -132,19 +133,19 @@ def _check_rejected_signature(
     )
 
 
-def _check_tensors(arrays: dict[str, Any], base: dict[str, Any], where: str, report: AuditReport) -> bool:
-    """An accepted update must pass the coordinator's content checks (DESIGN §4)."""
-    if sorted(arrays) != sorted(base):
-        report.problems.append(f"{where}: accepted update's tensor names differ from the base model's")
-        return False
-    for name, tensor in arrays.items():
-        if tensor.shape != base[name].shape or tensor.dtype != base[name].dtype:
-            report.problems.append(f"{where}: accepted update's tensor {name!r} is wrongly shaped")
-            return False
-        if tensor.dtype.kind in "fc" and not np.all(np.isfinite(tensor)):
-            report.problems.append(f"{where}: accepted update's tensor {name!r} is not finite")
-            return False
-    return True
+def _dense(sent: dict[str, Any], base: dict[str, Any], policy: FederationPolicy, where: str,
+           report: AuditReport) -> dict[str, Any] | None:
+    """An accepted update decoded from what was signed, which must pass the coordinator's
+    content checks (:func:`ledger.admission.dense_update`)."""
+    dense, rejection = dense_update(sent, base, policy)
+    if rejection is not None:
+        report.problems.append(f"{where}: accepted update fails the content checks: {rejection[0]} ({rejection[1]})")
+    return dense
+
+
+def _validation(artifacts: ArtifactStore, digest: str | None) -> ValidationSet | None:
+    """The scorer's validation set from the artifact store (None when the scorer uses none)."""
+    return None if digest is None else ValidationSet.from_arrays(artifacts.get(digest))
 
 
 def _check_round(
@@ -187,9 +188,12 @@ def _check_round(
         except ArtifactError as exc:
             report.problems.append(f"{where} {entry.participant}: update unavailable: {exc}")
             continue
-        if base is not None and not _check_tensors(arrays, base, f"{where} {entry.participant}", report):
+        if base is None:
             continue
-        updates.append(WeightedUpdate(entry.participant, manifest.num_examples, arrays))
+        dense = _dense(arrays, base, policy, f"{where} {entry.participant}", report)
+        if dense is None:
+            continue
+        updates.append(WeightedUpdate(entry.participant, manifest.num_examples, dense))
     updates = capped(updates, policy.max_weight_share_ppm)  # the FedAvg weights the policy allows
     if view.commit is None:
         report.problems.append(f"{where}: recorded but no model committed")
@@ -214,23 +218,24 @@ def _check_round(
         report.problems.append(f"{where}: unknown aggregation {commit.aggregation!r}")
         return commit.model
     try:
-        recomputed = update_digest(aggregate(updates)) if updates else record.base_model
+        recomputed = update_digest(aggregate(updates, policy.aggregation_params)) if updates else record.base_model
     except AggregationError as exc:
         report.problems.append(f"{where}: aggregate cannot be recomputed: {exc}")
         return commit.model
     report.aggregates_recomputed += 1
     if recomputed != commit.model:
         report.problems.append(f"{where}: recomputed model {recomputed[:16]}… differs from committed {commit.model[:16]}…")
-    scorer = SCORERS.get(record.scorer.name)
-    if scorer is None:
-        report.problems.append(f"{where}: unknown scorer {record.scorer.name!r}: scores cannot be recomputed")
-        return commit.model
     try:
         previous = artifacts.get(last_step_from) if last_step_from else None
-    except ArtifactError as exc:
-        report.problems.append(f"{where}: previous global model unavailable, scores cannot be recomputed: {exc}")
+        validation = _validation(artifacts, record.scorer.validation_digest)
+    except (ArtifactError, ValueError) as exc:
+        report.problems.append(f"{where}: the scorer's inputs are unavailable, scores cannot be recomputed: {exc}")
         return commit.model
-    scores = scorer(base, updates, previous)
+    try:
+        scores = score_round(record.scorer, base, updates, previous, validation)
+    except ScorerError as exc:
+        report.problems.append(f"{where}: scores cannot be recomputed: {exc}")
+        return commit.model
     report.scores_recomputed += 1
     for entry in record.entries:
         recomputed_score = scores.get(entry.participant)
@@ -344,7 +349,8 @@ def audit_federation(
                           if r is not None]
         last_step_from = rounds[expected - 2].record.base_model if expected >= 2 else None
         model = _check_round(view, model, fed.policy, participants, artifacts, report, last_step_from)
-        report.problems += audit_rejections(ledger, view, fed.policy, artifacts)
+        report.problems += audit_rejections(ledger, view, fed.policy, artifacts,
+                                            privacy_spent(rounds, view.round))
         _check_evaluation(view, participants, report)
         report.round_problems[view.round] = report.problems[before:]
         report.rounds += 1

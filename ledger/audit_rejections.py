@@ -14,10 +14,19 @@ the participant history the ledger holds at the record's transaction time:
 * ``bad_signature`` / ``high_s``: the signature fails, for that reason, against the
   certificate registered then;
 * ``duplicate``: the participant had at least two authenticated replies that round;
-* ``non_finite`` / ``wrong_shape``: the stored update against the round's base model;
-* ``outlier``: the coordinator's own test (:func:`ledger.robustness.outliers`) over the
-  round's candidates (accepted and outliers), with the on-ledger policy's parameters and
-  the previous round's global change.
+* ``training_mismatch`` / ``bad_privacy_claim`` / ``privacy_budget_exceeded``: the signed
+  training claim against the policy and the ε the participant's accepted updates of
+  earlier rounds signed (:func:`ledger.admission.claim_rejection`);
+* ``bad_compression`` / ``non_finite`` / ``wrong_shape``: the stored update, as sent,
+  decoded against the round's base model (:func:`ledger.admission.dense_update`);
+* ``no_training`` / ``copied_update`` / ``outlier`` / ``robust_discarded``: the
+  coordinator's own round-level tests (:func:`ledger.admission.round_rejections`) over
+  the round's candidates (accepted, and rejected by one of these), with the on-ledger
+  policy's parameters and the previous round's global model.
+
+The same rules run the other way for *accepted* entries: an update the claim check or
+the round-level tests reject (a multi-Krum selection the coordinator did not compute, a
+copy it let through) is a problem of the audit too.
 
 A rejection the evidence does not support — the evidence missing, or the reason not the
 one the checks give first — is a problem of the audit. Reasons that rest on what only
@@ -35,13 +44,13 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ledger.admission import CLAIM_REASONS, ROUND_REASONS, Rejection, claim_rejection, dense_update, round_rejections
 from ledger.aggregate import WeightedUpdate
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.errors import LedgerError, RecordNotFound
 from ledger.formats import FormatError, Manifest, SignatureError, verify
 from ledger.protocol import Ledger
 from ledger.records import FederationPolicy, HistoryEntry, Participant, RoundEntry, RoundView
-from ledger.robustness import global_change_norm, outliers
 
 __all__ = ["RECOMPUTED_REASONS", "mismatch_detail", "received_digest", "audit_rejections", "check_rejections",
            "entry_check"]
@@ -49,7 +58,8 @@ __all__ = ["RECOMPUTED_REASONS", "mismatch_detail", "received_digest", "audit_re
 # Rejections an auditor decides again from the evidence alone.
 RECOMPUTED_REASONS: frozenset[str] = frozenset({
     "wrong_federation", "wrong_round", "wrong_base_model", "unknown_participant", "not_admitted", "revoked",
-    "digest_mismatch", "bad_signature", "high_s", "duplicate", "non_finite", "wrong_shape", "outlier",
+    "digest_mismatch", "bad_signature", "high_s", "duplicate", *CLAIM_REASONS, "bad_compression", "non_finite",
+    "wrong_shape", *ROUND_REASONS,
 })
 
 _MISMATCH = re.compile(r"^tensors hash to ([0-9a-f]{64}), manifest says ([0-9a-f]{64})$")
@@ -76,25 +86,15 @@ def _state_at(history: list[HistoryEntry], moment_ms: int) -> Participant | None
     return state
 
 
-def _content_reason(arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> str | None:
-    """non_finite or wrong_shape in the coordinator's order; None when the update is usable."""
-    for tensor in arrays.values():
-        if tensor.dtype.kind in "fc" and not np.all(np.isfinite(tensor)):
-            return "non_finite"
-    if sorted(arrays) != sorted(base):
-        return "wrong_shape"
-    for name, tensor in arrays.items():
-        if tensor.shape != base[name].shape or tensor.dtype != base[name].dtype:
-            return "wrong_shape"
-    return None
-
-
 class _Round:
     """One round's evidence, loaded lazily and once."""
 
     def __init__(self, view: RoundView, policy: FederationPolicy, artifacts: ArtifactStore,
-                 state: Callable[[str], Participant | None], previous_base: str | None = None) -> None:
+                 state: Callable[[str], Participant | None], previous_base: str | None = None,
+                 spent: Mapping[str, int] | None = None) -> None:
         self.view = view
+        self.spent = spent or {}
+        self._decided: dict[str, Rejection] | None = None
         self.previous_base = previous_base
         self.policy = policy
         self.artifacts = artifacts
@@ -167,27 +167,42 @@ class _Round:
         return (manifest is not None and self.identity_reason(manifest) is None
                 and self.signature_reason(manifest, entry) is None and self.tensors(manifest.update) is not None)
 
-    def outliers(self) -> dict[str, str] | None:
-        """The outliers among the round's candidates, by the coordinator's test; None if
-        some evidence is missing."""
+    def dense(self, manifest: Manifest) -> tuple[dict[str, np.ndarray] | None, Rejection | None]:
+        """A stored update decoded as the coordinator decodes it, or its content rejection."""
+        base, sent = self.base(), self.tensors(manifest.update)
+        if base is None or sent is None:
+            return None, None
+        return dense_update(sent, base, self.policy)
+
+    def claim(self, manifest: Manifest) -> Rejection | None:
+        """The training-claim rejection of a manifest, as the coordinator decided it."""
+        return claim_rejection(manifest, self.policy, self.spent.get(manifest.participant, 0))
+
+    def round_decisions(self) -> dict[str, Rejection] | None:
+        """The round-level rejections among the round's candidates, by the coordinator's
+        tests; None if some evidence is missing."""
+        if self._decided is not None:
+            return self._decided
         base = self.base()
         if base is None:
             return None
         candidates: list[WeightedUpdate] = []
         for entry in self.view.record.entries:
-            if entry.status == "accepted" or entry.reason == "outlier":
+            if entry.status == "accepted" or entry.reason in ROUND_REASONS:
                 manifest = self.manifest(entry)
-                arrays = self.tensors(entry.update)
-                if manifest is None or arrays is None or _content_reason(arrays, base) is not None:
+                if manifest is None:
                     return None
-                candidates.append(WeightedUpdate(entry.participant, manifest.num_examples, arrays))
-        previous_change = None
+                dense, rejection = self.dense(manifest)
+                if dense is None or rejection is not None:
+                    return None
+                candidates.append(WeightedUpdate(entry.participant, manifest.num_examples, dense))
+        previous = None
         if self.previous_base is not None:
             previous = self.tensors(self.previous_base)
             if previous is None:
                 return None
-            previous_change = global_change_norm(previous, base)
-        return outliers(base, candidates, self.policy, previous_change)
+        self._decided = round_rejections(base, candidates, self.policy, previous)
+        return self._decided
 
 
 def _supported(entry: RoundEntry, rnd: _Round) -> str | None:
@@ -223,33 +238,60 @@ def _supported(entry: RoundEntry, rnd: _Round) -> str | None:
     if reason == "duplicate":
         twins = [e for e in rnd.view.record.entries if e.participant == entry.participant and rnd.authenticated(e)]
         return None if len(twins) >= 2 else "the participant has only one authenticated reply this round"
-    content = _content_reason(arrays, base)
-    if reason in ("non_finite", "wrong_shape"):
-        return None if content == reason else f"the update checks give {content or 'a usable update'}"
+    claim = rnd.claim(manifest)
+    if reason in CLAIM_REASONS:
+        return None if claim is not None and claim[0] == reason else \
+            f"the training claim check gives {claim[0] if claim else 'a claim within the policy'}"
+    if claim is not None:
+        return f"the training claim check gives {claim[0]} first"
+    _, content = rnd.dense(manifest)
+    if reason in ("bad_compression", "non_finite", "wrong_shape"):
+        return None if content is not None and content[0] == reason else \
+            f"the update checks give {content[0] if content else 'a usable update'}"
     if content is not None:
-        return f"the update checks give {content} first"
-    outliers = rnd.outliers()
-    if outliers is None:
-        return "the round's candidates cannot all be loaded to redo the outlier test"
-    if entry.participant not in outliers:
-        return "its update passes the outlier test with the policy's parameters"
+        return f"the update checks give {content[0]} first"
+    decided = rnd.round_decisions()
+    if decided is None:
+        return "the round's candidates cannot all be loaded to redo the round's tests"
+    found = decided.get(entry.participant)
+    if found is None or found[0] != reason:
+        return f"the round's tests with the policy's parameters give {found[0] if found else 'no rejection'}"
     return None
 
 
+def _accepted_problem(entry: RoundEntry, rnd: _Round) -> str | None:
+    """Why an accepted entry should have been rejected by the claim or round-level rules; None if not."""
+    manifest = rnd.manifest(entry)
+    if manifest is None:
+        return None  # reported by the audit of accepted entries
+    claim = rnd.claim(manifest)
+    if claim is not None:
+        return f"its training claim is {claim[0]}: {claim[1]}"
+    decided = rnd.round_decisions()
+    found = None if decided is None else decided.get(entry.participant)
+    return None if found is None else f"the round's tests reject it as {found[0]}: {found[1]}"
+
+
 def check_rejections(view: RoundView, policy: FederationPolicy, artifacts: ArtifactStore,
-                     state: Callable[[str], Participant | None], previous_base: str | None = None) -> list[str]:
+                     state: Callable[[str], Participant | None], previous_base: str | None = None,
+                     spent: Mapping[str, int] | None = None) -> list[str]:
     """Problems with ``view``'s rejections: each content-based one decided again.
 
     ``state(participant)`` is that participant's record as it stood when the round was
     recorded (None: not registered then); ``previous_base`` is the base model of the
-    round before (None in round 1), for the outlier test's reference.
+    round before (None in round 1), for the outlier test's reference; ``spent`` the ε each
+    participant's accepted updates of earlier rounds signed.
     """
-    rnd = _Round(view, policy, artifacts, state, previous_base)
+    rnd = _Round(view, policy, artifacts, state, previous_base, spent)
     problems: list[str] = []
     duplicated = {e.participant for e in view.record.entries if e.reason == "duplicate"}
     for entry in view.record.entries:
         if entry.status == "accepted" and entry.participant in duplicated:
             problems.append(f"round {view.round} {entry.participant}: accepted although rejected as a duplicate")
+        if entry.status == "accepted":
+            wrong = _accepted_problem(entry, rnd)
+            if wrong is not None:
+                problems.append(f"round {view.round} {entry.participant}: accepted, but {wrong}")
         if entry.status != "rejected" or entry.reason not in RECOMPUTED_REASONS:
             continue
         why = _supported(entry, rnd)
@@ -260,7 +302,7 @@ def check_rejections(view: RoundView, policy: FederationPolicy, artifacts: Artif
 
 
 def audit_rejections(ledger: Ledger, view: RoundView, policy: FederationPolicy,
-                     artifacts: ArtifactStore) -> list[str]:
+                     artifacts: ArtifactStore, spent: Mapping[str, int] | None = None) -> list[str]:
     """:func:`check_rejections` with participant states read from ``ledger``'s history at
     the time ``view`` was recorded."""
     moment = view.record_tx.timestamp_ms
@@ -280,7 +322,7 @@ def audit_rejections(ledger: Ledger, view: RoundView, policy: FederationPolicy,
         history = cache[pid]
         return None if history is None else _state_at(history, moment)
 
-    return check_rejections(view, policy, artifacts, state, previous_base) + problems
+    return check_rejections(view, policy, artifacts, state, previous_base, spent) + problems
 
 
 def _previous_base(ledger: Ledger, view: RoundView, problems: list[str]) -> str | None:

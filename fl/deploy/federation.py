@@ -13,9 +13,12 @@ __all__ = ["init_federation"]
 def init_federation(cfg: FederationConfig, identity: Credentials | Identity) -> tuple[TxReceipt, FederationPolicy]:
     """``InitFederation`` as the coordinator; the receipt and the policy written."""
     # Imported here: the initial model pulls in torch, which the rest of the CLI never needs.
-    from fl.server_app import federation_policy
+    from fl.server_app import federation_policy, store_validation_set
+    from ledger.artifacts import ArtifactStore
 
     policy = federation_policy(cfg)
+    # The scorer's validation set goes where institutions' auditors read artifacts from.
+    store_validation_set(cfg, policy, ArtifactStore(cfg.artifacts_path))
     ledger = open_ledger(cfg.ledger_config, identity)
     try:
         return ledger.init_federation(cfg.id, policy), policy

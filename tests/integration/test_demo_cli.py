@@ -83,10 +83,13 @@ def test_audit_verify_is_ok_and_an_edited_ledger_row_makes_it_fail(adversarial):
 
 
 def test_every_adversary_kind_is_rejected_with_its_reason_in_a_real_simulation(tmp_path):
-    kinds = list(EXPECTED_REASON)  # tamper, replay, foreign-key, wrong-base, nan, shape
-    banks = [f"bank-{c}" for c in "bcdefg"]
+    # tamper, replay, foreign-key, wrong-base, nan, shape, free-rider, copier (it copies the
+    # global step of round 1 in round 2)
+    kinds = list(EXPECTED_REASON)
+    banks = [f"bank-{c}" for c in "bcdefghi"]
+    assert len(kinds) == len(banks)
     args = [a for bank, kind in zip(banks, kinds) for a in ("--adversary", f"{bank}:{kind}")]
-    proc = fedledger("demo", "--workdir", str(tmp_path / "demo"), "--participants", "7", "--rounds", "2",
+    proc = fedledger("demo", "--workdir", str(tmp_path / "demo"), "--participants", "9", "--rounds", "2",
                      "--json", *args)
     summary = json.loads(proc.stdout)
     last = summary["rounds"][-1]
@@ -168,11 +171,11 @@ def test_report_writes_a_compliance_report_per_round(tmp_path):
     config = str(workdir / "federation.toml")
     proc = fedledger("report", "--config", config)
     assert "round 1: compliant" in proc.stdout and "round 2: compliant" in proc.stdout
-    reports = sorted((workdir / "reports").iterdir())
+    reports = sorted(p for p in (workdir / "reports").iterdir() if p.suffix in (".json", ".md"))  # also HTML, PDF
     assert [p.name for p in reports] == ["round-0001.json", "round-0001.md", "round-0002.json", "round-0002.md"]
     assert json.loads(reports[2].read_text())["compliant"] is True
     only = json.loads(fedledger("report", "--config", config, "--round", "2", "--json").stdout)
-    assert [r["round"] for r in only] == [2]
+    assert [r["round"] for r in only["rounds"]] == [2]
     assert fedledger("report", "--config", config, "--round", "9", check=False).returncode == 4  # not found
 
 

@@ -16,7 +16,9 @@ from ledger.formats import (
     EvaluationManifest,
     FormatError,
     Manifest,
+    PrivacyClaim,
     SignatureError,
+    TrainingClaim,
     canonical_json,
     sign,
     update_digest,
@@ -32,6 +34,20 @@ MANIFEST_TEXT = (
     '"participant":"bank-a","round":7,"update":"' + "f" * 64 + '","v":1}'
 )
 MANIFEST_HASH = "c5ea0d6e9604ade4c24647bc02f2f8836a9ad5549861550e158fa4d0d4bcf083"
+# Version 2: the same fields plus the signed training claim (FedProx, int8, DP-SGD).
+MANIFEST_V2_TEXT = (
+    '{"base_model":"' + "0" * 64 + '","federation":"demo-fed","num_examples":1234,'
+    '"participant":"bank-a","round":7,"training":{"algorithm":"fedprox","compression":"int8",'
+    '"dp":{"delta_ppb":10000,"epsilon_ppm":990600,"max_grad_norm_ppm":1000000,"noise_multiplier_ppm":1234567,'
+    '"sample_rate_ppm":76923,"steps":26},"mu_ppm":10000},"update":"' + "f" * 64 + '","v":2}'
+)
+MANIFEST_V2_HASH = "d4e8984a5ef7bf13dc4dac96f0c001d577f016145e602c4e30756b0f48fcb8f2"
+MANIFEST_V2_PLAIN_TEXT = (
+    '{"base_model":"' + "0" * 64 + '","federation":"demo-fed","num_examples":1234,'
+    '"participant":"bank-a","round":7,"training":{"algorithm":"fedavg","compression":"none","dp":null,'
+    '"mu_ppm":0},"update":"' + "f" * 64 + '","v":2}'
+)
+MANIFEST_V2_PLAIN_HASH = "4eaa490cb8cadc81e394ce33be3f8d28995e3a5986540d1841c5f4708a1b54be"
 
 
 def reference_digest(arrays: dict[str, np.ndarray]) -> str:
@@ -84,6 +100,39 @@ def test_manifest_bytes_and_hash_match_the_frozen_vector():
     assert m.to_bytes().decode() == MANIFEST_TEXT
     assert m.hash() == MANIFEST_HASH
     assert Manifest.parse(MANIFEST_TEXT) == m
+
+
+def test_version_2_manifests_match_their_frozen_vectors_and_version_1_still_parses():
+    claim = TrainingClaim(algorithm="fedprox", mu_ppm=10_000, compression="int8",
+                          dp=PrivacyClaim(noise_multiplier_ppm=1_234_567, max_grad_norm_ppm=1_000_000,
+                                          sample_rate_ppm=76_923, steps=26, delta_ppb=10_000, epsilon_ppm=990_600))
+    m = Manifest(federation="demo-fed", participant="bank-a", round=7, base_model="0" * 64,
+                 update="f" * 64, num_examples=1234, v=2, training=claim)
+    assert m.to_bytes().decode() == MANIFEST_V2_TEXT
+    assert hashlib.sha256(MANIFEST_V2_TEXT.encode()).hexdigest() == m.hash() == MANIFEST_V2_HASH
+    assert Manifest.parse(MANIFEST_V2_TEXT) == m
+    plain = Manifest.parse(MANIFEST_V2_PLAIN_TEXT)
+    assert plain.hash() == MANIFEST_V2_PLAIN_HASH and plain.claim() == TrainingClaim()
+    assert Manifest.parse(MANIFEST_TEXT).claim() == TrainingClaim()  # v1 means plain FedAvg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        MANIFEST_V2_TEXT.replace('"v":2', '"v":1'),  # a v1 manifest with a claim
+        MANIFEST_V2_TEXT.replace('"mu_ppm":10000', '"mu_ppm":-1'),
+        MANIFEST_V2_TEXT.replace('"mu_ppm":10000', '"mu_ppm":0.01'),
+        MANIFEST_V2_TEXT.replace('"steps":26', '"steps":26,"extra":1'),
+        MANIFEST_V2_TEXT.replace('"epsilon_ppm":990600', '"epsilon_ppm":"0.99"'),
+        MANIFEST_V2_TEXT.replace('"epsilon_ppm":990600', '"epsilon_ppm":NaN'),
+        MANIFEST_V2_TEXT.replace('"sample_rate_ppm":76923', '"sample_rate_ppm":0'),
+        MANIFEST_V2_TEXT.replace('"algorithm":"fedprox"', '"algorithm":"FedProx"'),
+        MANIFEST_V2_TEXT.replace('"noise_multiplier_ppm":1234567', '"noise_multiplier_ppm":1000000001'),
+    ],
+)
+def test_malformed_training_claims_are_refused(text):
+    with pytest.raises(FormatError):
+        Manifest.parse(text)
 
 
 def test_canonical_json_sorts_keys_keeps_utf8_and_refuses_nan():

@@ -40,11 +40,19 @@ Needs no Flower and no torch.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ledger.admission import CLAIM_REASONS, ROUND_REASONS, Rejection, claim_rejection, dense_update, round_rejections
+from ledger.admission import (
+    CLAIM_REASONS,
+    ROUND_REASONS,
+    Rejection,
+    claim_rejection,
+    dense_update,
+    privacy_spent,
+    round_rejections,
+)
 from ledger.aggregate import WeightedUpdate
 from ledger.artifacts import ArtifactError, ArtifactStore
 from ledger.errors import LedgerError, RecordNotFound
@@ -337,11 +345,13 @@ def _previous_base(ledger: Ledger, view: RoundView, problems: list[str]) -> str 
 
 
 def entry_check(policy: FederationPolicy, artifacts: ArtifactStore, histories: Mapping[str, list[HistoryEntry]],
-                base_models: Mapping[int, str]) -> Callable[[RoundView, RoundEntry], str | None]:
+                base_models: Mapping[int, str], views: Sequence[RoundView] = ()
+                ) -> Callable[[RoundView, RoundEntry], str | None]:
     """A check of single rejections, for an institution holding its own history
     (``fedledger audit mine``): why ``entry`` of ``view`` is not supported by its evidence,
     or None. Participants missing from ``histories`` count as not registered;
-    ``base_models`` maps each round to its recorded base model."""
+    ``base_models`` maps each round to its recorded base model, ``views`` are the
+    federation's rounds (for the ε a participant spent before a round)."""
 
     def check(view: RoundView, entry: RoundEntry) -> str | None:
         if entry.status != "rejected" or entry.reason not in RECOMPUTED_REASONS:
@@ -350,6 +360,7 @@ def entry_check(policy: FederationPolicy, artifacts: ArtifactStore, histories: M
         def state(pid: str) -> Participant | None:
             return _state_at(histories.get(pid, []), view.record_tx.timestamp_ms)
 
-        return _supported(entry, _Round(view, policy, artifacts, state, base_models.get(view.round - 1)))
+        spent = privacy_spent(views, view.round)  # what the participant's earlier accepted rounds signed
+        return _supported(entry, _Round(view, policy, artifacts, state, base_models.get(view.round - 1), spent))
 
     return check

@@ -88,7 +88,8 @@ class LedgerView:
                 history = ledger.history(federation, participant)
             except RecordNotFound:
                 history = []
-            bases = {view.round: view.record.base_model for view in ledger.list_rounds(federation)}
+            views = ledger.list_rounds(federation)
         finally:
             ledger.close()
-        return entry_check(policy, artifacts, {participant: history}, bases)
+        bases = {view.round: view.record.base_model for view in views}
+        return entry_check(policy, artifacts, {participant: history}, bases, views)

@@ -193,3 +193,37 @@ def test_data_split_writes_csvs_that_check_and_a_wrong_file_is_refused(tmp_path)
     bad.write_text(Path(rows["bank-a"]).read_text().replace("Status", "Statut", 1))
     proc = fedledger("data", "check", str(bad), "--config", config, check=False)
     assert proc.returncode == 1 and str(bad) in proc.stderr and "Status" in proc.stderr
+
+
+def test_demo_under_every_training_policy_is_recomputed_by_the_audit(tmp_path):
+    """Shapley scores, trimmed mean, int8 updates, FedProx and DP-SGD at once: every
+    manifest signs the claim, every ε is on the ledger, the audit recomputes it all."""
+    workdir = tmp_path / "demo"
+    summary = json.loads(fedledger(
+        "demo", "--workdir", str(workdir), "--rounds", "2", "--scorer", "shapley", "--aggregation", "trimmed-mean",
+        "--compression", "int8", "--fedprox-mu", "0.01", "--dp-epsilon", "2", "--json").stdout)
+    assert all(r["rejected"] == [] for r in summary["rounds"])
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+    config = str(workdir / "federation.toml")
+    view = json.loads(fedledger("audit", "round", "2", "--config", config, "--json").stdout)
+    for entry in view["record"]["entries"]:
+        claim = json.loads(entry["manifest"])["training"]
+        assert (claim["algorithm"], claim["mu_ppm"], claim["compression"]) == ("fedprox", 10_000, "int8")
+        assert 0 < entry["epsilon_ppm"] == claim["dp"]["epsilon_ppm"] <= 2_000_000
+    assert view["record"]["scorer"]["name"] == "shapley" and view["commit"]["aggregation"] == "trimmed-mean"
+    audit = json.loads(fedledger("audit", "verify", "--config", config, "--json").stdout)
+    assert audit["ok"], audit["problems"]
+    assert audit["aggregates_recomputed"] == audit["scores_recomputed"] == 2
+
+
+def test_demo_with_leave_one_out_and_multi_krum_is_recomputed_by_the_audit(tmp_path):
+    workdir = tmp_path / "demo"
+    summary = json.loads(fedledger("demo", "--workdir", str(workdir), "--rounds", "2", "--participants", "4",
+                                   "--scorer", "loo", "--aggregation", "multi-krum", "--json").stdout)
+    # Multi-Krum with its defaults (f = 1) keeps n − f of the four updates each round (the
+    # outlier test, which runs first, may take that one instead).
+    assert [len(r["accepted"]) for r in summary["rounds"]] == [3, 3]
+    reasons = [x["reason"] for r in summary["rounds"] for x in r["rejected"]]
+    assert "robust_discarded" in reasons and set(reasons) <= {"robust_discarded", "outlier"}, reasons
+    audit = json.loads(fedledger("audit", "verify", "--config", str(workdir / "federation.toml"), "--json").stdout)
+    assert audit["ok"], audit["problems"]

@@ -81,8 +81,17 @@ def demo(
     ledger: str = typer.Option("embedded", "--ledger", help="embedded, or fabric (a running `fedledger network`)."),
     fabric_profile: Optional[Path] = typer.Option(
         None, "--fabric-profile", help="Connection profile (default: the local network's, see `network up`)."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="cosine (default), loo or shapley."),
+    aggregation: Optional[str] = typer.Option(
+        None, "--aggregation", help="fedavg (default), median, trimmed-mean or multi-krum."),
+    fedprox_mu: Optional[float] = typer.Option(None, "--fedprox-mu", help="FedProx μ (default 0: FedAvg)."),
+    dp_epsilon: Optional[float] = typer.Option(
+        None, "--dp-epsilon", help="DP-SGD with this ε per round (Opacus); total budget ε × rounds."),
+    compression: Optional[str] = typer.Option(None, "--compression", help="none (default) or int8."),
 ) -> None:
-    """Create a federation of K institutions in WORKDIR and run N audited rounds (embedded ledger or Fabric)."""
+    """Create a federation of K institutions in WORKDIR and run N audited rounds (embedded ledger or Fabric).
+
+    The policy options are written into WORKDIR/federation.toml and onto the ledger."""
     from fl.adversary import parse_adversaries
     from fl.cli_network import default_profile
     from fl.demo import run_demo
@@ -95,8 +104,11 @@ def demo(
             adversaries = parse_adversaries(adversary)
         except ValueError as exc:
             raise CommandError(str(exc), ExitCode.USAGE) from None
-        result = run_demo(workdir, rounds=rounds, participants=participants,
-                          adversaries=adversaries, verbose=verbose, ledger=ledger, fabric_profile=profile)
+        policy = {"scorer": scorer, "aggregation": aggregation,
+                  "training": {"fedprox_mu": fedprox_mu, "dp_epsilon": dp_epsilon, "compression": compression}}
+        result = run_demo(workdir, rounds=rounds, participants=participants, adversaries=adversaries,
+                          verbose=verbose, ledger=ledger, fabric_profile=profile,
+                          policy={k: v for k, v in policy.items() if v is not None})
     summary = result.to_json()
     emit(as_json, summary, lambda: _print_demo(summary))
 
@@ -131,10 +143,22 @@ def _print_demo(summary: dict[str, Any]) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(config: Path = ConfigOpt, pin: list[str] = PinOpt, as_json: bool = JsonOpt) -> None:
+def audit_verify(
+    config: Path = ConfigOpt, pin: list[str] = PinOpt, as_json: bool = JsonOpt,
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Check an evidence bundle from `audit export` "
+                                          "instead, offline: no federation file, no ledger, no network."),
+) -> None:
     """Re-check signatures, digests, aggregates, scores, rewards and the ledger's integrity (exit 1 on a problem)."""
     from fl.auditing import run_audit
 
+    if bundle is not None:
+        if pin:
+            fail("--pin does not apply to --bundle (a bundle holds no blocks to check a pin against)",
+                 ExitCode.USAGE, as_json)
+        from fl.cli_audit import verify_bundle_cmd
+
+        verify_bundle_cmd(bundle, as_json)
+        return
     with failures(as_json):
         audit = run_audit(load(config), pin, with_views=True)
     report = audit.report
@@ -329,32 +353,43 @@ def data_check(
 @app.command()
 def report(
     config: Path = ConfigOpt,
-    round_: Optional[int] = typer.Option(None, "--round", min=1, help="Only this round (default: every round)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for round-NNNN.md/.json "
-                                       "(default: the workspace's reports/)."),
+    round_: Optional[int] = typer.Option(None, "--round", min=1, help="Only this round (default: every round "
+                                         "and the whole federation)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for federation.html/.pdf and "
+                                       "round-NNNN.md/.json/.html/.pdf (default: the workspace's reports/)."),
     pin: list[str] = PinOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON instead of writing files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (rounds, policy, chart series) as JSON "
+                                 "instead of writing files."),
 ) -> None:
-    """Compliance report per round from the auditor's own audit (exit 1 unless compliant, 4 no such round)."""
+    """Compliance reports from the auditor's own audit: the federation and each round as Markdown,
+    JSON, self-contained HTML and PDF (exit 1 unless compliant, 4 no such round)."""
     from fl.auditing import run_audit
-    from ledger.reports import round_report, write_reports
+    from fl.compliance import write_documents
+    from ledger.reports import federation_report, round_document, write_reports
 
     with failures(as_json):
         cfg = load(config)
         audit = run_audit(cfg, pin, with_views=True)
-        reports = [round_report(v, audit.report, backend=cfg.ledger, auditor_msp=cfg.auditor_msp)
-                   for v in audit.views if round_ is None or v.round == round_]
-        if round_ is not None and not reports:
+        whole = federation_report(audit.views, audit.report, backend=cfg.ledger, auditor_msp=cfg.auditor_msp)
+        if round_ is not None and all(r["round"] != round_ for r in whole["rounds"]):
             raise CommandError(f"round {round_} is not on the ledger of federation {cfg.id}", ExitCode.NOT_FOUND)
-        paths = [] if as_json else write_reports(reports, out or cfg.workspace.reports)
+        doc = whole if round_ is None else round_document(whole, round_)
+        directory = out or cfg.workspace.reports
+        paths = [] if as_json else [
+            *write_reports(doc["rounds"], directory),
+            *write_documents(whole, directory, rounds=None if round_ is None else [round_],
+                             federation=round_ is None)]
 
     def human() -> str:
         lines = [f"round {r['round']}: {'compliant' if r['compliant'] else 'NOT compliant'}, "
-                 f"{r['accepted']} accepted, {r['rejected']} rejected" for r in reports]
-        return "\n".join([*lines, f"wrote {len(paths)} files to {out or cfg.workspace.reports}"])
+                 f"{r['accepted']} accepted, {r['rejected']} rejected" for r in doc["rounds"]]
+        if round_ is None:
+            lines.append(f"federation {whole['federation']}: {'compliant' if whole['compliant'] else 'NOT compliant'}"
+                         + "".join(f"\n  problem: {p}" for p in whole["problems"]))
+        return "\n".join([*lines, f"wrote {len(paths)} files to {directory}"])
 
-    emit(as_json, reports, human)
-    if not all(r["compliant"] for r in reports):
+    emit(as_json, doc, human)
+    if not doc["compliant"]:
         raise typer.Exit(ExitCode.FAILED)
 
 
@@ -365,6 +400,8 @@ app.add_typer(client_app, name="client")
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(signer_app, name="signer")
 audit_app.command("mine", help="Compare your signer's journal with the ledger (as `signer check-ledger`).")(audit_mine)
+from fl.cli_audit import register_audit_commands  # noqa: E402
+register_audit_commands(audit_app)
 
 
 def main() -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from bench import deployment, fabric, overhead, relay, signatures, work
+from bench import attacks, deployment, fabric, overhead, relay, signatures, work
 from fl.runtime import configure_logging
 from ledger.errors import LedgerError
 
-USAGE = ("usage: python -m bench [fabric|work|relay]   (no argument: every benchmark; fabric: only the Fabric "
+USAGE = ("usage: python -m bench [fabric|work|relay|attacks [--rounds N] [--participants N] [--repeats N] "
+         "[--workers N] [--json [PATH]]]   (no argument: every benchmark; fabric: only the Fabric "
          "network; work: only the round work on the embedded and the Fabric ledger; relay: deployment round time "
-         "of the per-message and the relay ClientApp)")
+         "of the per-message and the relay ClientApp; attacks: robust rules, FedProx, int8 and DP under attack "
+         "and the scorers' rewards, in-process, plots in docs/bench-*.png, every figure to PATH "
+         "(default bench-attacks.json) with --json)")
+_DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _seconds(value: float | None) -> str:
@@ -140,8 +146,42 @@ def _relay(results: dict[str, object]) -> int:
     return 0
 
 
+def _attack_options(args: list[str]) -> tuple[attacks.Settings, int, Path | None]:
+    """``attacks``' options: the simulation's settings, the worker processes and the JSON file."""
+    parser = argparse.ArgumentParser(prog="python -m bench attacks", description="the attack benchmark")
+    defaults = attacks.Settings()
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--participants", type=int, default=defaults.participants)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="seeds per cell")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", type=Path, nargs="?", const=Path("bench-attacks.json"), default=None,
+                        metavar="PATH", help="write every figure, per seed and round, to PATH")
+    ns = parser.parse_args(args)
+    try:
+        settings = attacks.Settings(rounds=ns.rounds, participants=ns.participants, repeats=ns.repeats)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return settings, max(ns.workers, 1), ns.json
+
+
+def _attacks(results: dict[str, object], args: list[str] | None = None) -> int:
+    """Robust aggregation, FedProx, int8 and DP under attack, and the scorers' rewards: tables, plots, JSON."""
+    settings, workers, json_path = _attack_options(args or [])
+    result = attacks.measure(settings, workers=workers)
+    for line in attacks.tables(result):
+        print(line, flush=True)
+    plots = attacks.plot(result, _DOCS)
+    print("plots: " + ", ".join(str(p) for p in plots), flush=True)
+    if json_path is not None:
+        # Not sorted: the parts keep the order of the tables, for replotting.
+        json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"every figure: {json_path}", flush=True)
+    results["attacks"] = attacks.summary(result)
+    return 0
+
+
 def _everything(results: dict[str, object]) -> int:
-    """Signatures, Fabric, round work, Flower simulation and deployment mode; 1 when a section failed."""
+    """Signatures, Fabric, round work, Flower simulation, deployment mode and attacks; 1 when a section failed."""
     sig = signatures.measure()
     results["signatures"] = sig
     print(f"signature verifications/s at the coordinator: {sig['per_second_1_thread']:,.0f} on 1 thread, "
@@ -166,13 +206,13 @@ def _everything(results: dict[str, object]) -> int:
     else:
         results["deployment"] = dep
         print(_deployment_line(dep), flush=True)
-    return code
+    return max(code, _attacks(results))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks (all, or only ``fabric``), print a table and one JSON line."""
+    """Run the benchmarks (all, or one section), print a table and one JSON line."""
     args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["fabric"], ["work"], ["relay"]):
+    if args not in ([], ["fabric"], ["work"], ["relay"]) and args[:1] != ["attacks"]:
         print(USAGE, file=sys.stderr)
         return 2
     # A SIGTERM (a closed terminal, a timeout) unwinds like Ctrl-C, so the networks and
@@ -183,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=logging.WARNING)
     results: dict[str, object] = {}
     sections = {"fabric": _fabric, "work": _work, "relay": _relay}
-    code = sections[args[0]](results) if args else _everything(results)
+    if args[:1] == ["attacks"]:
+        code = _attacks(results, args[1:])
+    else:
+        code = sections[args[0]](results) if args else _everything(results)
     print(json.dumps(results, sort_keys=True))
     return code
 

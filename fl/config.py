@@ -181,7 +181,9 @@ class FederationConfig(_Model):
     # claims more than max_weight_ratio × the others' median examples; no participant
     # carries more than max_weight_share of a round's FedAvg weight.
     max_norm_ratio: float = Field(default=10.0, gt=1, le=1000)
-    max_weight_ratio: float = Field(default=10.0, gt=1, le=1_000_000)
+    # 100, not 10: with label-skewed data an honest institution may well hold 20× the
+    # median of the others' rows; the declared dataset size and the weight cap bound a liar.
+    max_weight_ratio: float = Field(default=100.0, gt=1, le=1_000_000)
     max_weight_share: float = Field(default=0.8, gt=0, le=1)
     # Contribution scorer (ledger.scoring): cosine needs no data; loo and shapley measure
     # the federation's metric on the coordinator's validation file.

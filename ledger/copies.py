@@ -25,15 +25,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ledger.aggregate import WeightedUpdate
+from ledger.robust import _key, flat_changes as _changes
 from ledger.scoring import _flat_delta, to_ppm
 
 __all__ = ["PPM", "cosine_ppm", "free_riders"]
 
 PPM = 1_000_000
-
-
-def _key(participant: str) -> bytes:
-    return participant.encode("utf-8")
 
 
 def _norm(vector: np.ndarray) -> float:
@@ -47,21 +44,6 @@ def cosine_ppm(a: np.ndarray, b: np.ndarray) -> int | None:
     if na == 0.0 or nb == 0.0:
         return None
     return to_ppm(float(np.sum(a * b)) / (na * nb))
-
-
-def _changes(base: Mapping[str, np.ndarray], updates: Sequence[WeightedUpdate]) -> dict[str, np.ndarray]:
-    changes: dict[str, np.ndarray] = {}
-    for update in sorted(updates, key=lambda u: _key(u.participant)):
-        if update.participant in changes:
-            raise ValueError(f"two updates of {update.participant}")
-        for name, tensor in base.items():
-            if name not in update.arrays:
-                raise ValueError(f"update of {update.participant} lacks tensor {name!r}")
-            if np.shape(update.arrays[name]) != np.shape(tensor):
-                raise ValueError(f"tensor {name!r} of {update.participant} has shape "
-                                 f"{np.shape(update.arrays[name])}, expected {np.shape(tensor)}")
-        changes[update.participant] = _flat_delta(update.arrays, base)
-    return changes
 
 
 def free_riders(

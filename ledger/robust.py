@@ -27,8 +27,9 @@ def _key(participant: str) -> bytes:
     return participant.encode("utf-8")
 
 
-def _changes(base: Mapping[str, np.ndarray], updates: Sequence[WeightedUpdate]) -> dict[str, np.ndarray]:
-    """Each update's flattened change from ``base``, in participant-id order (shapes checked)."""
+def flat_changes(base: Mapping[str, np.ndarray], updates: Sequence[WeightedUpdate]) -> dict[str, np.ndarray]:
+    """Each update's flattened change from ``base``, in participant-id order (shapes checked;
+    AggregationError, a ValueError, for two updates of one participant or a misfit tensor)."""
     changes: dict[str, np.ndarray] = {}
     for update in sorted(updates, key=lambda u: _key(u.participant)):
         if update.participant in changes:
@@ -51,7 +52,7 @@ def krum_scores(base: Mapping[str, np.ndarray], updates: Sequence[WeightedUpdate
 
     Empty when ``n − f − 2 < 1`` (too few updates to tell anyone apart).
     """
-    changes = _changes(base, updates)
+    changes = flat_changes(base, updates)
     pids = list(changes)
     n = len(pids)
     nearest = n - byzantine - 2

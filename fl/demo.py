@@ -170,7 +170,8 @@ def demo_config(
 
     It is declared like any federation: the credit schema in ``[federation.data]``, one
     CSV per bank under ``WORKDIR/data`` and the coordinator's validation file
-    ``data/test.csv`` (written by :func:`write_demo_data`).
+    ``data/test.csv`` (written by :func:`write_demo_data`), on which GTG-Shapley scores
+    each bank's contribution.
     """
     ids = default_participants(participants)
     data = workdir.resolve() / "data"
@@ -182,6 +183,9 @@ def demo_config(
         fabric_profile=fabric_profile.resolve() if fabric_profile else None,
         data=demo_data.credit_schema(),
         validation=data / "test.csv",
+        # Tokens follow contributions measured on the validation file: a bank with more
+        # useful data earns more (the cosine scorer, needing no data, rewards direction only).
+        scorer="shapley",
         participants=[ParticipantConfig(id=p, msp_id=msp_for(p), data=data / f"{p}.csv") for p in ids],
     )
 

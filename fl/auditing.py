@@ -59,12 +59,16 @@ class AuditRun:
     views: list[Any] = field(default_factory=list)
 
     def policy_summary(self) -> dict[str, Any]:
-        """The recorded data schema, initial model and validation digests, and hold-out share."""
+        """The recorded data schema, initial model and validation digests, hold-out share,
+        scorer, aggregation rule and the training every participant had to sign."""
         policy = self.report.policy
         if policy is None:
             return {}
         return {"data_schema_digest": policy.data_schema_digest, "initial_model": policy.model,
-                "validation_digest": policy.validation_digest, "eval_fraction_ppm": policy.eval_fraction_ppm}
+                "validation_digest": policy.validation_digest, "eval_fraction_ppm": policy.eval_fraction_ppm,
+                "scorer": policy.scorer.model_dump(mode="json"), "aggregation": policy.aggregation,
+                "aggregation_params": policy.aggregation_params,
+                "training": policy.training.model_dump(mode="json")}
 
     def evaluations(self) -> dict[int, dict[str, Any]]:
         """Per round: each institution's signed hold-out metrics, whether the auditor verified

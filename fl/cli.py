@@ -173,6 +173,7 @@ def audit_verify(
         if policy:
             console.print(f"  data schema {policy['data_schema_digest']}  validation file "
                           f"{policy['validation_digest'] or '(none)'}")
+            console.print(f"  policy: {policy_line(policy)}")
         if report.head:
             console.print(f"  head block {report.head['block']} {report.head['hash']} (pin it: --pin "
                           f"{report.head['block']}:{report.head['hash']})")
@@ -184,6 +185,19 @@ def audit_verify(
     emit(as_json, {**report.to_json(), "policy": policy, "evaluations": evaluations}, human)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def policy_line(policy: dict[str, Any]) -> str:
+    """The scorer, the aggregation rule and the required training, in one line."""
+    training, scorer = policy["training"], policy["scorer"]
+    dp = training["dp"]
+    parts = [f"scorer {scorer['name']}", f"aggregation {policy['aggregation']}"
+             + (f" {policy['aggregation_params']}" if policy["aggregation_params"] else ""),
+             training["algorithm"] + (f" μ {training['mu_ppm'] / 1e6:g}" if training["mu_ppm"] else ""),
+             f"compression {training['compression']}",
+             "no DP" if dp is None else (f"DP-SGD ε ≤ {dp['epsilon_round_ppm'] / 1e6:g} per round, "
+                                         f"{dp['epsilon_total_ppm'] / 1e6:g} in total, δ {dp['delta_ppb'] / 1e9:g}")]
+    return ", ".join(parts)
 
 
 def _ppm(value: int | None, digits: int = 3) -> str:

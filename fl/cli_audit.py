@@ -158,8 +158,11 @@ def verify_bundle_cmd(bundle: Path, as_json: bool) -> None:
                       if not check.bundle_problems else "  some members do not match manifest.json")
         console.print(f"  {check.integrity_note()}")
         if policy:
+            from fl.cli import policy_line
+
             console.print(f"  data schema {policy['data_schema_digest']}  validation file "
                           f"{policy['validation_digest'] or '(none)'}")
+            console.print(f"  policy: {policy_line(policy)}")
         for number, problems in sorted(check.not_rechecked.items()):
             console.print(f"  round {number}: included for the chain only, its artifacts were not exported: "
                           f"{len(problems)} check(s) not re-done")

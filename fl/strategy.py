@@ -145,7 +145,7 @@ class AuditedFedAvg(FedAvg):
         on_round: Callable[[RoundSummary], None] | None = None,
         max_norm_ratio: float = 10.0,
         scorer: ScorerSpec | None = None,
-        aggregation: str = "fedavg",
+        aggregation: str | None = None,
         max_num_examples: int = 1_000_000,
         eval_fraction_ppm: int | None = None,
         receipts: Credentials | None = None,
@@ -171,12 +171,13 @@ class AuditedFedAvg(FedAvg):
         self.evaluate = evaluate
         self.on_round = on_round
         self.max_norm_ratio = max_norm_ratio
-        self.scorer = scorer or ScorerSpec(name="cosine")
-        if self.scorer.name not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer.name!r} (known: {', '.join(SCORERS)})")
-        if aggregation not in AGGREGATORS:
+        # The scorer and the aggregation rule are the policy's (read from the ledger on first
+        # use) unless given; given ones must be known.
+        if scorer is not None and scorer.name not in SCORERS:
+            raise ValueError(f"unknown scorer {scorer.name!r} (known: {', '.join(SCORERS)})")
+        if aggregation is not None and aggregation not in AGGREGATORS:
             raise ValueError(f"unknown aggregation {aggregation!r} (known: {', '.join(AGGREGATORS)})")
-        self.aggregation = aggregation
+        self._scorer, self._aggregation = scorer, aggregation
         self.max_num_examples = max_num_examples
         self.keys = KeyCache()
         self.summaries: list[RoundSummary] = []
@@ -196,6 +197,16 @@ class AuditedFedAvg(FedAvg):
         # A rejected reply's tensors are kept only up to this many bytes (None: four
         # times the global model's size, at least 1 MiB), so no reply can fill the store.
         self.max_evidence_bytes = max_evidence_bytes
+
+    @property
+    def scorer(self) -> ScorerSpec:
+        """The contribution scorer: as given, else the federation policy's."""
+        return self._scorer if self._scorer is not None else self.policy().scorer
+
+    @property
+    def aggregation(self) -> str:
+        """The aggregation rule: as given, else the federation policy's."""
+        return self._aggregation if self._aggregation is not None else self.policy().aggregation
 
     def ledger_round(self, server_round: int) -> int:
         """The federation's round number for Flower's ``server_round`` (after a resume)."""

@@ -415,11 +415,11 @@ def test_the_round_rules_of_the_federation_file_go_into_the_policy(tmp_path):
     from fl.server_app import federation_policy
 
     cfg = override(demo_config(tmp_path, 2, 3), max_norm_ratio=4.0, max_weight_ratio=20.0,
-                   max_weight_share=0.5).model_copy(update={"validation": None})
+                   max_weight_share=0.5).model_copy(update={"validation": None, "scorer": "cosine"})
     policy = federation_policy(cfg)
     assert (policy.outlier_norm_ratio_ppm, policy.outlier_weight_ratio_ppm, policy.max_weight_share_ppm) == (
         4 * PPM, 20 * PPM, PPM // 2)
-    default = federation_policy(demo_config(tmp_path / "d", 2, 3).model_copy(update={"validation": None}))
+    default = federation_policy(demo_config(tmp_path / "d", 2, 3).model_copy(update={"validation": None, "scorer": "cosine"}))
     assert default.max_weight_share_ppm == 800_000  # above the demo's largest share (62 %)
 
 

@@ -92,7 +92,8 @@ def _forge(bundle: Path, out: Path) -> Path:
     view = json.loads(files[name])
     for entry in view["record"]["entries"]:
         if entry["participant"] == "bank-c":
-            entry.update(status="accepted", reason=None, detail=None, score_ppm=0)
+            # Accepted with a score that would have earned it tokens under any scorer.
+            entry.update(status="accepted", reason=None, detail=None, score_ppm=500_000)
     view["commit"]["accepted"] = sorted([*view["commit"]["accepted"], "bank-c"])
     files[name] = json.dumps(view).encode()
     manifest = json.loads(files["manifest.json"])

@@ -22,6 +22,7 @@ from typing import Any
 from chaincode.canonical import canonical_json, parse_json
 from chaincode.certs import P256_ORDER, verify_p256_signature
 from chaincode.errors import ContractError, Invalid
+from chaincode.schema import policy_training
 
 __all__ = ["P256_ORDER", "check_accepted_entry"]
 
@@ -35,7 +36,7 @@ def _check_training(who: str, training: Any, policy: dict[str, Any]) -> int | No
     """The signed claim must be the policy's training; return the signed ε (None without DP)."""
     if not isinstance(training, dict) or set(training) != _TRAINING_FIELDS:
         raise Invalid(f"{who}: manifest training must have exactly the fields {sorted(_TRAINING_FIELDS)}")
-    required = policy["training"]
+    required = policy_training(policy)
     for field in ("algorithm", "compression", "mu_ppm"):
         if training[field] != required[field] or type(training[field]) is not type(required[field]):
             raise Invalid(f"{who}: signed training {field} {training[field]!r} is not the policy's {required[field]!r}")

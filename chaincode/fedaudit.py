@@ -111,6 +111,7 @@ from chaincode.schema import (
     check_msp,
     parse_amount,
     parse_round,
+    policy_training,
 )
 from chaincode.shim_fixes import Contract, TransactionContext
 from chaincode.weights import aggregation_weights
@@ -209,7 +210,7 @@ async def _privacy_spent(ctx: TransactionContext, fed: str, record: dict[str, An
                          policy: dict[str, Any]) -> dict[str, int]:
     """Each DP participant's ε summed over its accepted rounds, with this record's;
     ``INVALID`` when one would pass the policy's total budget."""
-    rule = policy["training"]["dp"]
+    rule = policy_training(policy)["dp"]
     totals: dict[str, int] = {}
     for entry in record["entries"]:
         if entry["status"] != "accepted" or entry.get("epsilon_ppm") is None:

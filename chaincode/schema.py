@@ -30,6 +30,7 @@ __all__ = [
     "POLICY",
     "TRAINING",
     "PRIVACY",
+    "policy_training",
     "ENTRY",
     "RECORD",
     "COMMIT",
@@ -269,6 +270,12 @@ TRAINING = obj(
         "dp": (optional(PRIVACY), None),
     },
 )
+
+def policy_training(policy: dict[str, Any]) -> dict[str, Any]:
+    """A stored policy's training rule; a policy stored before training claims existed has
+    none and means plain FedAvg, uncompressed, without DP (what ``TRAINING`` defaults to)."""
+    return TRAINING(policy.get("training") or {}, "policy.training")
+
 
 POLICY = obj(
     "policy",

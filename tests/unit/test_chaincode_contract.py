@@ -652,3 +652,16 @@ def test_a_capped_weight_keeps_every_share_within_the_cap_and_lowers_only_the_la
 
 def test_a_cap_no_split_can_meet_gives_every_participant_the_same_weight() -> None:
     assert weights.capped_weights({"a": 35, "b": 700}, 400_000) == {"a": 1, "b": 1}
+
+
+def test_a_policy_stored_before_training_claims_reads_as_plain_fedavg(pki: TestPKI) -> None:
+    from chaincode.errors import Invalid
+    from chaincode.evidence import check_accepted_entry
+
+    leaf = pki.leaf("BankAMSP", "bank-a")
+    entry = schema.ENTRY(accepted(leaf, "bank-a", "fed", 1, digest("base")).model_dump(mode="json"), "entry")
+    stored = {"max_num_examples": 1_000_000}  # no "training": written by an older contract
+    check_accepted_entry(entry, "fed", 1, digest("base"), leaf.pem, stored)  # a v1 manifest: plain FedAvg
+    with pytest.raises(Invalid, match="signed training algorithm 'fedavg' is not the policy's 'fedprox'"):
+        check_accepted_entry(entry, "fed", 1, digest("base"), leaf.pem,
+                             {**stored, "training": {"algorithm": "fedprox", "mu_ppm": 10_000}})

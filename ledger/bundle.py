@@ -583,17 +583,26 @@ class BundleVerification:
         }
 
 
+# How the audit words a problem that only says an artifact is absent (and what it could
+# therefore not recompute); any other problem of a round stands, exported or not.
+_ABSENT = ("unavailable", "not in the artifact store", "cannot be recomputed", "cannot all be loaded",
+           "cannot be loaded", "is not in ")
+
+
 def _excused(views: list[RoundView], exported: set[int], report: AuditReport,
              present: set[str]) -> dict[int, list[str]]:
-    """Problems of rounds included only for the chain whose evidence was not exported."""
+    """The problems of rounds included only for the chain that say their evidence is
+    absent from the bundle (it was not exported); a round's other problems — a signature
+    that does not verify, rewards off the policy, an unsupported rejection — are kept."""
     excused: dict[int, list[str]] = {}
     bases = {v.round: v.record.base_model for v in views}
     for view in views:
         if view.round in exported:
             continue
         needed = set(round_artifacts(view, bases.get(view.round - 1), rejected=False))
-        if needed - present and report.round_problems.get(view.round):
-            excused[view.round] = list(report.round_problems[view.round])
+        absent = [p for p in report.round_problems.get(view.round, []) if any(m in p for m in _ABSENT)]
+        if needed - present and absent:
+            excused[view.round] = absent
     return excused
 
 
@@ -624,6 +633,8 @@ def verify_bundle(bundle: Path, *, max_member_bytes: int = MAX_MEMBER_BYTES) -> 
         excused = _excused(views, exported, report, present)
         if views and not exported & {v.round for v in views}:
             problems.append("bundle: manifest.json exports none of the bundle's rounds: nothing would be re-checked")
+        if (manifest.get("audit") or {}).get("ok") is False:
+            problems.append("bundle: the exporting auditor's own audit found problems (manifest.json audit)")
     for round_problems in excused.values():
         for problem in round_problems:
             if problem in report.problems:

@@ -267,6 +267,22 @@ def test_a_partial_export_carries_every_record_but_only_the_chosen_rounds_artifa
     assert check.report.aggregates_recomputed >= 1
 
 
+def test_a_round_left_out_of_a_partial_export_still_answers_for_what_its_records_show(
+        played: Played, tmp_path: Path) -> None:
+    cfg, _, _ = played
+    partial = Path(export_bundle(cfg, tmp_path / "r3.tar.gz", [3])["path"])
+
+    def inflate(view: dict) -> None:  # round 1's rewards no longer follow its recorded scores
+        entry = next(e for e in view["record"]["entries"] if e["participant"] == "bank-b")
+        entry["score_ppm"] = 999_999
+
+    check = verify_bundle(repack(partial, tmp_path / "t.tar.gz",
+                                 lambda f: rehash(edit_round(1, inflate)(f), "ledger/rounds/0001.json")))
+
+    assert not check.ok
+    assert any("round 1: issued rewards" in p for p in check.problems), check.problems
+
+
 def test_the_bundle_ledger_reads_like_a_ledger_and_refuses_writes(played: Played, tmp_path: Path) -> None:
     cfg, bundle, _ = played
     manifest, problems = unpack(bundle, tmp_path)

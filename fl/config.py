@@ -117,7 +117,7 @@ class TrainingConfig(_Model):
     local_epochs: int = Field(default=2, ge=1, le=100)
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     batch_size: int = Field(default=64, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0)
     # FedProx's proximal coefficient μ (0: plain FedAvg).
     fedprox_mu: float = Field(default=0.0, ge=0, le=1_000)
     # How updates travel: as they are, or int8-quantised per tensor.
@@ -126,8 +126,15 @@ class TrainingConfig(_Model):
     # a participant's rounds (default: dp_epsilon × rounds), δ and the clipping norm.
     dp_epsilon: float | None = Field(default=None, gt=0, le=1_000)
     dp_epsilon_total: float | None = Field(default=None, gt=0, le=1_000_000)
-    dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    dp_delta: float = Field(default=1e-5, ge=1e-9, le=0.5)
     dp_max_grad_norm: float = Field(default=1.0, gt=0, le=1_000)
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> TrainingConfig:
+        if self.dp_epsilon is not None and self.dp_epsilon_total is not None and self.dp_epsilon_total < self.dp_epsilon:
+            raise ValueError(f"dp_epsilon_total {self.dp_epsilon_total} is below dp_epsilon {self.dp_epsilon}: "
+                             "no round could be accepted")
+        return self
 
 
 class ParticipantConfig(_Model):
@@ -228,11 +235,17 @@ class FederationConfig(_Model):
     @model_validator(mode="after")
     def _rules_fit(self) -> FederationConfig:
         from ledger.aggregate import AggregationError, check_params
+        from ledger.records import ScorerSpec
+        from ledger.scoring import ScorerError, scorer_params
 
         try:
             check_params(self.aggregation, self.aggregation_params)
         except AggregationError as exc:
             raise ValueError(f"aggregation_params: {exc}") from None
+        try:
+            scorer_params(ScorerSpec(name=self.scorer, params=dict(self.scorer_params), seed=self.training.seed))
+        except ScorerError as exc:
+            raise ValueError(f"scorer_params: {exc}") from None
         if self.scorer in ("loo", "shapley") and self.validation is None:
             raise ValueError(f"scorer = {self.scorer!r} measures contributions on the coordinator's validation "
                              "file: set validation = \"<CSV>\"")

@@ -152,9 +152,11 @@ def federation_policy(cfg: FederationConfig) -> FederationPolicy:
 def check_policy(cfg: FederationConfig, policy: FederationPolicy) -> None:
     """Refuse to run when the federation file no longer declares what the ledger recorded.
 
-    The schema, the initial model and the validation file are fixed when the federation
-    is created; a coordinator whose file drifted would train on, or evaluate against,
-    something other than what auditors and institutions agreed to.
+    The schema, the initial model, the validation file, the scorer, the aggregation rule,
+    the training every participant must sign and the free-riding thresholds are fixed
+    when the federation is created; a coordinator whose file drifted would train on,
+    evaluate against or score by something other than what auditors and institutions
+    agreed to.
     """
     problems = []
     if policy.data_schema_digest != cfg.schema.digest():
@@ -164,6 +166,13 @@ def check_policy(cfg: FederationConfig, policy: FederationPolicy) -> None:
         problems.append("[federation.model] gives another initial model than the ledger's policy")
     if policy.validation_digest != validation_digest(cfg):
         problems.append(f"the validation file {cfg.validation} is not the one whose digest is in the policy")
+    declared = federation_policy(cfg) if not problems else None
+    for field, key in (("scorer", "scorer / scorer_params"), ("aggregation", "aggregation"),
+                       ("aggregation_params", "aggregation_params"), ("training", "[federation.training]"),
+                       ("no_training_ppm", "no_training"), ("copy_cosine_ppm", "copy_cosine")):
+        if declared is not None and getattr(declared, field) != getattr(policy, field):
+            problems.append(f"{key} of the file is not the ledger's policy ({field} "
+                            f"{_short(getattr(policy, field))} on the ledger)")
     if problems:
         raise ConfigError(f"federation {cfg.id}: " + "; ".join(problems))
 
@@ -179,6 +188,11 @@ def store_validation_set(cfg: FederationConfig, policy: FederationPolicy, artifa
     if stored != digest:
         raise ConfigError(f"federation {cfg.id}: the validation file {cfg.validation} does not encode to the "
                           f"scorer's validation set {digest[:16]}… named in the ledger's policy")
+
+
+def _short(value: object) -> str:
+    text = value.model_dump_json() if hasattr(value, "model_dump_json") else repr(value)
+    return text if len(text) <= 120 else text[:117] + "…"
 
 
 def _evaluator(cfg: FederationConfig) -> Callable[[dict[str, np.ndarray]], dict[str, float]] | None:
@@ -221,7 +235,7 @@ def run_coordinator(
         artifacts = ArtifactStore(cfg.artifacts_path)
         policy = ledger.get_federation(cfg.id).policy
         check_policy(cfg, policy)
-        store_validation_set(cfg, policy, ArtifactStore(cfg.artifacts_path))
+        store_validation_set(cfg, policy, artifacts)
         state = resume(ledger, cfg.id, artifacts, initial_model(cfg))
         evaluate = _evaluator(cfg)
         initial_metrics = evaluate(dict(state.arrays)) if evaluate is not None else {}

@@ -86,6 +86,16 @@ def test_the_environment_does_not_change_the_configuration(tmp_path, monkeypatch
     ("rounds = 3\n", "unknown table [rounds]"),
     ("[fedration]\nid = \"x\"\n", "unknown table [fedration] (known: [federation], [deployment])"),
     ("[deployment]\nport = 1\n", "federation: missing [federation] table"),
+    (GOOD.replace('rounds = 4', 'rounds = 4\nscorer_params = {metric = "auc"}'),
+     "federation: Value error, scorer_params: scorer 'cosine' has no param 'metric'"),
+    (GOOD.replace('rounds = 4', 'rounds = 4\nscorer = "shapley"'), "measures contributions on the coordinator's "
+     "validation file"),
+    (GOOD.replace('rounds = 4', 'rounds = 4\naggregation = "trimmed-mean"\naggregation_params = {trim_ppm = 500000}'),
+     "aggregation_params: aggregation_params.trim_ppm of trimmed-mean must be from 0 to 499999"),
+    (GOOD.replace('rounds = 4', 'rounds = 4\naggregation = "mean"'), "federation.aggregation: Input should be"),
+    (GOOD + "\n[federation.training]\ndp_epsilon = 2.0\ndp_epsilon_total = 1.0\n",
+     "dp_epsilon_total 1.0 is below dp_epsilon 2.0"),
+    (GOOD + "\n[federation.training]\ncompression = \"zip\"\n", "federation.training.compression: Input should be"),
 ])
 def test_bad_files_give_one_line_errors_naming_file_key_and_problem(tmp_path, text, fragment):
     path = write(tmp_path, text)

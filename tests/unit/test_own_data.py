@@ -95,6 +95,22 @@ def test_a_changed_validation_file_is_refused(tmp_path: Path) -> None:
         check_policy(cfg, recorded)
 
 
+def test_a_coordinator_whose_round_rules_drifted_from_the_ledger_refuses_to_run(tmp_path: Path) -> None:
+    from fl.config import override
+
+    config, _ = tiny_federation(tmp_path)
+    cfg = load_config(config)
+    recorded = federation_policy(cfg)
+
+    with pytest.raises(ConfigError, match="aggregation of the file is not the ledger's policy"):
+        check_policy(override(cfg, aggregation="median"), recorded)
+    dp = cfg.training.model_copy(update={"dp_epsilon": 1.0})
+    with pytest.raises(ConfigError, match=r"\[federation.training\] of the file is not the ledger's policy"):
+        check_policy(cfg.model_copy(update={"training": dp}), recorded)
+    with pytest.raises(ConfigError, match="copy_cosine of the file"):
+        check_policy(override(cfg, copy_cosine=0.99), recorded)
+
+
 def test_data_check_passes_a_fitting_file_and_prints_one_json_document(tmp_path: Path) -> None:
     config, data = tiny_federation(tmp_path, rows=12)
 

@@ -13,8 +13,8 @@ wrong-base    trains from another model               wrong_base_model
 nan           sends NaN weights (signed)              non_finite
 shape         sends a wrongly shaped tensor (signed)  wrong_shape
 free-rider    returns the model it received (signed)  no_training
-copier        returns the received model plus last    copied_update
-              round's global step (signed)
+copier        returns the received model plus last    copied_update (in round 1,
+              round's global step (signed)            with no step yet: no_training)
 ============  ======================================  ==================
 
 ``outer_mod`` sits outside the signing mod (it acts on what was signed), ``inner_mod``

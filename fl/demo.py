@@ -56,7 +56,7 @@ class DemoResult:
     balances: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """Machine-readable summary (issue 2: federation, ledger, rounds, final accuracy)."""
+        """Machine-readable summary: federation, ledger, onboarding, rounds, accuracy, balances."""
         rounds = [
             {
                 "round": s.round,

@@ -4,7 +4,8 @@
 aggregation with the audited round:
 
 verify each reply → score accepted updates → store them → ``RecordRound`` (wait for the
-commit) → deterministic FedAvg → store the new model → ``CommitModel`` → release.
+commit) → the policy's deterministic aggregation rule → store the new model →
+``CommitModel`` → release.
 
 Any ledger failure raises :class:`RoundFailed` out of ``aggregate_train``: Flower's
 strategy loop does not catch it, so the run stops without a new model (fail closed), and
@@ -328,7 +329,7 @@ class AuditedFedAvg(FedAvg):
             node_owner=self.node_owner,
             max_norm_ratio=self.max_norm_ratio,
             max_num_examples=self.max_num_examples,
-            # The on-ledger policy and the last global change: what the auditor recomputes with.
+            # The on-ledger policy, G_{r-1} and the ε spent so far: what the auditor recomputes with.
             policy=self.policy(round_no),
             previous=previous,
             privacy_spent=self._privacy_spent(round_no),

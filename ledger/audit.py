@@ -2,8 +2,10 @@
 
 From the ledger (read with the auditor's own identity) and the artifact store alone, it
 re-checks every recorded signature against the registered certificate, every digest
-against the stored tensors, recomputes every round's FedAvg and contribution scores and
-compares them with what was committed, follows the chain of global models from the
+against the stored tensors, recomputes every round's aggregate (the policy's rule, from
+the updates as sent and signed) and contribution scores and compares them with what was
+committed, re-decides every rejection and checks every acceptance against the same
+admission rules as the coordinator (:mod:`ledger.admission`), follows the chain of global models from the
 federation's initial model, re-verifies every signed evaluation (the institution's
 certificate, the manifest hash, the metrics and the committed model it names), and asks
 the backend to prove its own integrity (the embedded ledger's hash chain; block inclusion
@@ -64,7 +66,7 @@ class AuditReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form (issue 2's shape plus a few counters)."""
+        """The ``--json`` form: the verdict, the counters, the head and the problems."""
         return {
             "ok": self.ok,
             "federation": self.federation,

@@ -345,7 +345,7 @@ def _previous_base(ledger: Ledger, view: RoundView, problems: list[str]) -> str 
 
 
 def entry_check(policy: FederationPolicy, artifacts: ArtifactStore, histories: Mapping[str, list[HistoryEntry]],
-                base_models: Mapping[int, str], views: Sequence[RoundView] = ()
+                base_models: Mapping[int, str], views: Sequence[RoundView]
                 ) -> Callable[[RoundView, RoundEntry], str | None]:
     """A check of single rejections, for an institution holding its own history
     (``fedledger audit mine``): why ``entry`` of ``view`` is not supported by its evidence,

@@ -41,8 +41,12 @@ their capped FedAvg weights, the base model and (``cosine`` only) the previous g
 model. Every scorer is deterministic: participants are taken in UTF-8 id order, sums
 are accumulated in float64, ``shapley`` draws its permutations from
 ``numpy.random.default_rng(seed)`` and ``loo``/``shapley`` round every utility to an
-integer number of billionths before any difference or truncation test, so what remains
-of BLAS's machine-dependent last bits is well below the ±1 ppm the audit tolerates.
+integer number of billionths before any difference or truncation test. What BLAS may
+still change from one machine to another are the last bits of a logit: harmless to
+``cosine`` (±1 ppm is the audit's tolerance), but two validation rows whose logits tie to
+the last bit and carry opposite labels could swap ranks and move an AUC utility by one
+pair (1 / (positives × negatives)); an auditor on another machine who sees such a
+difference can confirm it on the coordinator's platform.
 """
 
 from __future__ import annotations
@@ -228,9 +232,10 @@ def loo_scores(
 ) -> dict[str, int]:
     """Leave-one-out: ``U(all) − U(all \\ {i})`` in millionths of ``metric``, per participant.
 
-    ``U(S)`` is ``metric`` of ``fedavg(S)`` on ``validation``; ``U(∅)`` is the base
-    model's (so a lone update scores its gain over the base); ``coalition`` chooses the
-    model that stands for a set (module docstring). An update without which the
+    ``U(S)`` is ``metric`` on ``validation`` of the model that stands for ``S`` —
+    by default S's share of the round's step, with ``coalition="fedavg"`` ``fedavg(S)``
+    (module docstring); ``U(∅)`` is the base model's (so a lone update scores its gain
+    over the base). An update without which the
     aggregate is as good or better scores ≤ 0. ``previous`` is accepted for a uniform
     signature and not used.
     """

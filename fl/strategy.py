@@ -191,6 +191,7 @@ class AuditedFedAvg(FedAvg):
         self._pending: RoundSummary | None = None  # committed, its evaluation not yet recorded
         self._policy: FederationPolicy | None = None
         self._validation_set: ValidationSet | None = None
+        self._spent: dict[str, int] | None = None  # ε per participant (DP on), once read
         # Who signs receipts (the coordinator's ledger identity; None: no receipts), and
         # the receipts not yet delivered, by node id.
         self.receipts = receipts
@@ -277,13 +278,24 @@ class AuditedFedAvg(FedAvg):
             raise RoundFailed(f"round {round_no}: the previous global model cannot be read: {exc}") from exc
 
     def _privacy_spent(self, round_no: int) -> dict[str, int]:
-        """Under DP, the ε each participant's accepted updates signed before this round."""
+        """Under DP, the ε each participant's accepted updates signed before this round:
+        read from the ledger once, then carried forward with each round this run records."""
         if self.policy(round_no).training.dp is None:
             return {}
-        try:
-            return privacy_spent(self.ledger.list_rounds(self.federation), round_no)
-        except LedgerError as exc:
-            raise RoundFailed(f"round {round_no}: the privacy spent so far cannot be read: {exc}") from exc
+        if self._spent is None:
+            try:
+                self._spent = privacy_spent(self.ledger.list_rounds(self.federation), round_no)
+            except LedgerError as exc:
+                raise RoundFailed(f"round {round_no}: the privacy spent so far cannot be read: {exc}") from exc
+        return dict(self._spent)
+
+    def _spend(self, record: RoundRecord) -> None:
+        """Carry a recorded round's accepted ε into the running totals."""
+        if self._spent is None:
+            return
+        for entry in record.accepted():
+            if entry.epsilon_ppm is not None:
+                self._spent[entry.participant] = self._spent.get(entry.participant, 0) + entry.epsilon_ppm
 
     def _validation(self, round_no: int) -> ValidationSet | None:
         """The scorer's validation set, from the artifact store by its digest in the policy."""
@@ -366,6 +378,7 @@ class AuditedFedAvg(FedAvg):
         log.info("round_recorded", round=round_no, tx_id=record_rx.tx_id, block=record_rx.block_number,
                  accepted=len(verdict.accepted), rejected=len(verdict.rejected()))
         self._sign_receipts(record, record_rx.tx_id)
+        self._spend(record)
         new_arrays = (AGGREGATORS[self.aggregation](verdict.accepted, self.policy(round_no).aggregation_params)
                       if verdict.accepted else base_arrays)
         model = self.artifacts.put(new_arrays)

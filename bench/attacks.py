@@ -55,7 +55,7 @@ from fl.model_spec import ModelSpec
 from ledger.admission import round_rejections
 from ledger.aggregate import AGGREGATORS, WeightedUpdate, capped
 from ledger.compression import compress, decompress, wire_bytes
-from ledger.formats import update_digest
+from ledger.formats import PPM, update_digest
 from ledger.incentives import compute_rewards
 from ledger.records import FederationPolicy, RoundEntry, RoundRecord, ScorerSpec
 from ledger.scoring import score_round
@@ -78,7 +78,6 @@ _TRAINING = ("honest", "sign-flip", "scale10", "label-flip")  # roles that train
 _REWARD_ROLES = (("big", "honest", 0.48), ("mid", "honest", 0.24), ("small", "honest", 0.08),
                  ("free-rider", "free-rider", 0.10), ("copier", "copier", 0.10))
 _BUDGET = 1000
-PPM = 1_000_000
 
 
 @dataclass(frozen=True)

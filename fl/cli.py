@@ -170,21 +170,28 @@ def audit_verify(
                       f"signatures, {report.aggregates_recomputed} aggregates and "
                       f"{report.scores_recomputed} score sets recomputed, {report.evaluations_checked} signed "
                       f"evaluations, {report.blocks_checked} blocks")
-        if policy:
-            console.print(f"  data schema {policy['data_schema_digest']}  validation file "
-                          f"{policy['validation_digest'] or '(none)'}")
-            console.print(f"  policy: {policy_line(policy)}")
         if report.head:
             console.print(f"  head block {report.head['block']} {report.head['hash']} (pin it: --pin "
                           f"{report.head['block']}:{report.head['hash']})")
-        if evaluations:
-            console.print(evaluation_table(evaluations))
-        for problem in report.problems:
-            console.print(f"  - {problem}")
+        print_audit_details(policy, evaluations, report.problems)
 
     emit(as_json, {**report.to_json(), "policy": policy, "evaluations": evaluations}, human)
     if not report.ok:
         raise typer.Exit(ExitCode.FAILED)
+
+
+def print_audit_details(policy: dict[str, Any], evaluations: dict[int, dict[str, Any]],
+                        problems: list[str]) -> None:
+    """What every audit prints after its verdict: the recorded policy, the signed
+    evaluations and the problems."""
+    if policy:
+        console.print(f"  data schema {policy['data_schema_digest']}  validation file "
+                      f"{policy['validation_digest'] or '(none)'}")
+        console.print(f"  policy: {policy_line(policy)}")
+    if evaluations:
+        console.print(evaluation_table(evaluations))
+    for problem in problems:
+        console.print(f"  - {problem}")
 
 
 def policy_line(policy: dict[str, Any]) -> str:

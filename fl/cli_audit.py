@@ -157,21 +157,12 @@ def verify_bundle_cmd(bundle: Path, as_json: bool) -> None:
                       f"evaluations; {len(m.get('members') or {})} members match manifest.json"
                       if not check.bundle_problems else "  some members do not match manifest.json")
         console.print(f"  {check.integrity_note()}")
-        if policy:
-            from fl.cli import policy_line
-
-            console.print(f"  data schema {policy['data_schema_digest']}  validation file "
-                          f"{policy['validation_digest'] or '(none)'}")
-            console.print(f"  policy: {policy_line(policy)}")
         for number, problems in sorted(check.not_rechecked.items()):
             console.print(f"  round {number}: included for the chain only, its artifacts were not exported: "
                           f"{len(problems)} check(s) not re-done")
-        if evaluations:
-            from fl.cli import evaluation_table
+        from fl.cli import print_audit_details
 
-            console.print(evaluation_table(evaluations))
-        for problem in check.problems:
-            console.print(f"  - {problem}")
+        print_audit_details(policy, evaluations, check.problems)
 
     emit(as_json, {**check.to_json(), "policy": policy, "evaluations": evaluations}, human)
     if not check.ok:
